@@ -1,0 +1,71 @@
+"""What every service process shares: health endpoints and the start-up sequence."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import anyio
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from kim.settings import KimSettings
+
+SERVICE_PORTS = {"gateway": 8080, "intake": 8081, "caseplan": 8082, "referral": 8083, "reporting": 8084}
+
+# A readiness check returns None when fine, else the problem in plain words.
+ReadinessCheck = Callable[[], Awaitable[str | None]]
+
+
+def kafka_reachable(bootstrap: str) -> ReadinessCheck:
+    from kim.infra.kafka import metadata_answers
+
+    async def check() -> str | None:
+        if await anyio.to_thread.run_sync(metadata_answers, bootstrap):
+            return None
+        return f"Kafka at {bootstrap} does not answer"
+
+    return check
+
+
+def add_health_routes(app: FastAPI, service: str, checks: list[ReadinessCheck]) -> None:
+    @app.get("/healthz", tags=["operations"], summary="Liveness")
+    async def healthz() -> dict:
+        return {"status": "ok", "service": service}
+
+    @app.get("/readyz", tags=["operations"], summary="Readiness: connected and caught up")
+    async def readyz() -> JSONResponse:
+        problems = [p for p in [await check() for check in checks] if p]
+        if problems:
+            return JSONResponse({"status": "not ready", "service": service, "problems": problems}, status_code=503)
+        return JSONResponse({"status": "ready", "service": service})
+
+
+S = TypeVar("S", bound=KimSettings)
+
+
+def load_settings(settings_cls: type[S]) -> S:
+    """Validate the configuration at start-up; stop with the offending variables named."""
+    try:
+        return settings_cls()
+    except ValidationError as exc:
+        prefix = settings_cls.model_config.get("env_prefix", "")
+        lines = [f"  {prefix}{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()]
+        sys.exit("invalid configuration:\n" + "\n".join(lines))
+
+
+def run_service(service: str, create_app: Callable[[S], FastAPI], settings_cls: type[S]) -> None:
+    """Entry point of `python -m services.<service>`."""
+    import argparse
+
+    import uvicorn
+
+    parser = argparse.ArgumentParser(prog=f"python -m services.{service}")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=SERVICE_PORTS[service])
+    args = parser.parse_args()
+    settings = load_settings(settings_cls)
+    app = create_app(settings)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
