@@ -291,7 +291,7 @@ def test_empty_id() -> None:
 def test_enum_and_literal_rules_list_the_allowed_values() -> None:
     event = example("LanguageLevelReached")
     event["data"]["level"] = "B3"
-    event["data"]["per_skill"]["singing"] = "A1"
+    event["data"]["per_skill"]["speaking"] = "X1"
     found = problems(event)
     assert found["$.data.level"].rule == "must be one of 'A1', 'A2', 'B1', 'B2', 'C1' or 'C2'"
     assert found["$.data.per_skill.speaking"].rule == "must be one of 'A1', 'A2', 'B1', 'B2', 'C1' or 'C2'"
