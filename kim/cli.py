@@ -21,6 +21,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     topics = sub.add_parser("topics", help="create the kim.* topics on KIM_KAFKA_BOOTSTRAP")
     topics.add_argument("--partitions", type=int, default=None, help="default: KIM_PARTITIONS (6)")
+    token = sub.add_parser("token", help="print a development token (KIM_AUTH_HS256_SECRET or kim up's own)")
+    token.add_argument("--agency", required=True)
+    token.add_argument("--roles", required=True, help="comma-separated, e.g. agency_system,case_manager")
+    token.add_argument("--sub", default="dev-user")
+    token.add_argument("--ttl", type=int, default=8 * 3600, help="seconds of validity")
     return parser
 
 
@@ -46,6 +51,14 @@ def main(argv: list[str] | None = None) -> int:
             partitions = args.partitions or settings.partitions
             created = create_topics(settings.bootstrap, ALL_TOPICS, partitions, settings.replication_factor)
             print(f"created {len(created)} topics: {', '.join(created) or '(all existed)'}")
+            return 0
+        if args.command == "token":
+            from kim.auth import issue_dev_token
+            from kim.up import development_secret
+
+            secret = settings.auth_hs256_secret or development_secret(settings)
+            print(issue_dev_token(secret, sub=args.sub, agency=args.agency,
+                                  roles=[r.strip() for r in args.roles.split(",") if r.strip()], ttl_s=args.ttl))
             return 0
     except KafkaLaunchError as exc:
         print(f"kim: {exc}", file=sys.stderr)

@@ -15,7 +15,7 @@ DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "kim"
 
 
 class KimSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="KIM_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="KIM_", extra="ignore", env_ignore_empty=True)
 
     kafka_bootstrap: str | None = Field(
         default=None,
@@ -31,8 +31,9 @@ class KimSettings(BaseSettings):
     kafka_jars_dir: Path | None = Field(default=None, description="cache of the broker's jars; default under ~/.cache/kim")
 
     auth_hs256_secret: str | None = Field(default=None, description="development/test token secret (HS256)")
-    oidc_issuer: str | None = None
-    oidc_audience: str | None = None
+    oidc_issuer: str | None = Field(default=None, description="production token issuer (OIDC)")
+    oidc_audience: str | None = Field(default=None, description="expected `aud` of production tokens")
+    oidc_jwks_url: str | None = Field(default=None, description="JWKS of the issuer; default: from its discovery document")
 
     rules_file: Path | None = Field(default=None, description="district TOML file with the rules R1-R3")
 

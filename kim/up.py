@@ -55,6 +55,19 @@ def _terminate(process: subprocess.Popen, timeout_s: float = STOP_TIMEOUT_S) -> 
         process.wait()
 
 
+def development_secret(settings: KimSettings) -> str:
+    """The token secret `kim up` uses when no issuer is configured, kept in the data dir
+    so that `kim token` and the demo can sign tokens the services accept."""
+    import secrets
+
+    path = settings.data_dir / "dev-secret"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(32) + "\n")
+    return path.read_text().strip()
+
+
 # ---- the broker alone -------------------------------------------------------------
 
 def _broker(settings: KimSettings) -> KafkaBroker:
@@ -146,6 +159,10 @@ class Stack:
         log_dir = self.settings.data_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "KIM_KAFKA_BOOTSTRAP": self.bootstrap, "KIM_DATA_DIR": str(self.settings.data_dir)}
+        if not (self.settings.oidc_issuer or self.settings.auth_hs256_secret):
+            env["KIM_AUTH_HS256_SECRET"] = development_secret(self.settings)
+            print("auth       development tokens (no KIM_OIDC_ISSUER): "
+                  "kim token --agency job_center --roles agency_system")
         for name, port in SERVICE_PORTS.items():
             log = log_dir / f"{name}.log"
             with open(log, "ab") as out:
