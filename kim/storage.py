@@ -1,0 +1,275 @@
+"""A small database port shared by consumers, relays and projections.
+
+Services write SQL with ``?`` placeholders; the PostgreSQL backend translates
+them to psycopg's ``%s``. ``INSERT ... ON CONFLICT`` and ``excluded.`` work in
+both dialects, so most statements need no dialect switch; for the few that do,
+``Database.dialect`` / ``Transaction.dialect`` tell which backend runs.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager, contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
+
+Dialect = Literal["sqlite", "postgresql"]
+
+
+@lru_cache(maxsize=1024)
+def qmark_to_format(sql: str) -> str:
+    """Translate ``?`` placeholders to ``%s`` for psycopg.
+
+    ``?`` inside quoted literals or identifiers stays as it is; every ``%``
+    is doubled because psycopg reads ``%`` as a placeholder marker anywhere
+    in a parameterised query, literals included.
+    """
+    out: list[str] = []
+    quote: str | None = None
+    for ch in sql:
+        if ch == "%":
+            out.append("%%")
+        elif quote is not None:
+            out.append(ch)
+            if ch == quote:
+                quote = None
+        elif ch in ("'", '"'):
+            quote = ch
+            out.append(ch)
+        elif ch == "?":
+            out.append("%s")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def upsert_sql(
+    table: str,
+    columns: Sequence[str],
+    key: Sequence[str],
+    update: Sequence[str] | None = None,
+) -> str:
+    """``INSERT ... ON CONFLICT`` valid in SQLite (>= 3.24) and PostgreSQL.
+
+    ``update`` names the columns overwritten on conflict; ``None`` means all
+    non-key columns, an empty sequence means "keep the existing row".
+    """
+    if update is None:
+        update = [c for c in columns if c not in key]
+    head = (
+        f"INSERT INTO {table} ({', '.join(columns)}) "
+        f"VALUES ({', '.join('?' for _ in columns)}) "
+        f"ON CONFLICT ({', '.join(key)}) "
+    )
+    if not update:
+        return head + "DO NOTHING"
+    return head + "DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in update)
+
+
+class Transaction:
+    """Cursor-like handle valid inside ``Database.transaction()``."""
+
+    def __init__(self, cursor: Any, dialect: Dialect) -> None:
+        self._cursor = cursor
+        self.dialect: Dialect = dialect
+
+    def _sql(self, sql: str) -> str:
+        return qmark_to_format(sql) if self.dialect == "postgresql" else sql
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Transaction:
+        self._cursor.execute(self._sql(sql), params)
+        return self
+
+    def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> Transaction:
+        if params:
+            self._cursor.executemany(self._sql(sql), params)
+        return self
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        return self._cursor.fetchone()
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return self._cursor.fetchall()
+
+    @property
+    def rowcount(self) -> int:
+        """Rows changed by the last statement (summed over ``executemany``)."""
+        return self._cursor.rowcount
+
+    def upsert(
+        self,
+        table: str,
+        key: Sequence[str],
+        rows: Sequence[Mapping[str, Any]],
+        update: Sequence[str] | None = None,
+    ) -> None:
+        """Insert ``rows`` (all with the same keys), updating on key conflict."""
+        if not rows:
+            return
+        columns = list(rows[0])
+        self.executemany(
+            upsert_sql(table, columns, key, update),
+            [[row[c] for c in columns] for row in rows],
+        )
+
+
+class Database(ABC):
+    """Common interface; build one with :meth:`from_url`."""
+
+    dialect: Dialect
+
+    @staticmethod
+    def from_url(url: str, *, pool_size: int = 4, timeout: float = 30.0) -> Database:
+        """``sqlite:///relative/path``, ``sqlite:////absolute/path`` or
+        ``postgresql://user:password@host:port/dbname``.
+
+        ``timeout`` bounds the wait for a lock (SQLite) or a pooled
+        connection (PostgreSQL).
+        """
+        scheme = url.split(":", 1)[0].lower()
+        if scheme == "sqlite":
+            return SQLiteDatabase(sqlite_path(url), timeout=timeout)
+        if scheme in ("postgresql", "postgres"):
+            return PostgresDatabase(url, pool_size=pool_size, timeout=timeout)
+        raise ValueError(f"unsupported database URL scheme {scheme!r} in {url!r}")
+
+    @abstractmethod
+    def transaction(
+        self, *, readonly: bool = False
+    ) -> AbstractContextManager[Transaction]:
+        """Commit when the block ends, roll back when it raises.
+
+        ``readonly`` promises no writes, so SQLite need not take its write
+        lock and readers never queue behind a consumer's batch.
+        """
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def ensure_schema(self, statements: Sequence[str]) -> None:
+        """Run idempotent DDL (``CREATE ... IF NOT EXISTS``) in one transaction.
+
+        PostgreSQL raises on concurrent ``CREATE TABLE IF NOT EXISTS`` of the
+        same table, so processes starting together take a shared lock first.
+        """
+        with self.transaction() as tx:
+            if self.dialect == "postgresql":
+                tx.execute("SELECT pg_advisory_xact_lock(7283510)")
+            for statement in statements:
+                tx.execute(statement)
+
+
+def sqlite_path(url: str) -> str:
+    path = url.split(":///", 1)[1] if ":///" in url else ""
+    if not path or path == ":memory:":
+        # Every thread gets its own connection, so an in-memory database
+        # would silently be a different database per thread.
+        raise ValueError(f"SQLite URL needs a file path: {url!r}")
+    return unquote(path)
+
+
+class SQLiteDatabase(Database):
+    dialect: Dialect = "sqlite"
+
+    def __init__(self, path: str, *, timeout: float = 30.0) -> None:
+        self.path = path
+        self._timeout = timeout
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # sqlite3 connections must stay in the thread that made them;
+        # consumers run their batches in worker threads.
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._connection().execute("PRAGMA journal_mode=WAL")
+
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves.
+            # check_same_thread=False only so close() may run in any thread;
+            # otherwise each connection stays in the thread that made it.
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self._timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute("PRAGMA synchronous=NORMAL")  # durable enough with WAL
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    @contextmanager
+    def transaction(self, *, readonly: bool = False) -> Iterator[Transaction]:
+        conn = self._connection()
+        cursor = conn.cursor()
+        cursor.execute("BEGIN" if readonly else "BEGIN IMMEDIATE")
+        try:
+            yield Transaction(cursor, "sqlite")
+        except BaseException:
+            conn.rollback()
+            raise
+        else:
+            conn.commit()
+        finally:
+            cursor.close()
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+
+class PostgresDatabase(Database):
+    dialect: Dialect = "postgresql"
+
+    def __init__(self, url: str, *, pool_size: int = 4, timeout: float = 30.0) -> None:
+        from psycopg_pool import ConnectionPool
+
+        self.url = url
+        self._timeout = timeout
+        self._pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            kwargs={"autocommit": True},  # transactions are explicit blocks
+            timeout=timeout,
+            open=True,
+        )
+
+    @contextmanager
+    def transaction(self, *, readonly: bool = False) -> Iterator[Transaction]:
+        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            yield Transaction(cur, "postgresql")
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def eventsourcing_env(url: str) -> dict[str, str]:
+    """Environment for an ``eventsourcing`` Application on the same database."""
+    scheme = url.split(":", 1)[0].lower()
+    if scheme == "sqlite":
+        return {
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": sqlite_path(url),
+        }
+    if scheme in ("postgresql", "postgres"):
+        parts = urlsplit(url)
+        return {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_DBNAME": unquote(parts.path.lstrip("/")) or "postgres",
+            "POSTGRES_HOST": parts.hostname or "localhost",
+            "POSTGRES_PORT": str(parts.port or 5432),
+            "POSTGRES_USER": unquote(parts.username or "postgres"),
+            "POSTGRES_PASSWORD": unquote(parts.password or ""),
+        }
+    raise ValueError(f"unsupported database URL scheme {scheme!r} in {url!r}")

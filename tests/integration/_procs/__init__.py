@@ -1,0 +1,1 @@
+"""Subprocess entry points and helpers of the messaging integration tests."""
