@@ -1,5 +1,5 @@
 from kim.service import run_service
-from kim.settings import KimSettings
 from services.gateway.bootstrap import create_app
+from services.gateway.settings import GatewaySettings
 
-run_service("gateway", create_app, KimSettings)
+run_service("gateway", create_app, GatewaySettings)

@@ -1,18 +1,54 @@
-"""Composition root of the gateway service."""
+"""Composition root of the gateway."""
 
 from __future__ import annotations
 
+import socket
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
+from kim.auth import TokenVerifier
+from kim.messaging import EventProducer
 from kim.service import add_health_routes, kafka_reachable
-from kim.settings import KimSettings
+from kim.storage import Database
+from services.gateway.api import router
+from services.gateway.application import AcceptEvents
+from services.gateway.messaging import KafkaPublisher
+from services.gateway.settings import GatewaySettings
+from services.gateway.store import SqlAcceptedEvents
+
+DESCRIPTION = """\
+Agency systems publish events here. Each event is a CloudEvent (JSON structured
+mode) of the KIM catalogue; the gateway checks the envelope and payload against the
+contract and the caller's right to publish it, then writes it to the agency's Kafka
+topic and answers 202 once Kafka has acknowledged every event of the request.
+A batch is all-or-nothing; `(source, id)` is the deduplication key, for ever.
+"""
 
 
-def create_app(settings: KimSettings) -> FastAPI:
-    app = FastAPI(
-        title="KIM gateway",
-        description="Agency gateway: agency systems publish events (CloudEvents) here; they are validated, authorised and written to Kafka.",
-        version="1",
-    )
+def create_app(settings: GatewaySettings, instance: str | None = None) -> FastAPI:
+    """`instance` names this gateway process; it must be stable across restarts
+    (its Kafka transactional id fences a crashed predecessor's open transaction)."""
+    instance = instance or socket.gethostname()
+    verifier = TokenVerifier(settings)  # fails at start-up when no token issuer is configured
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        (settings.data_dir / "stores").mkdir(parents=True, exist_ok=True)
+        db = Database.from_url(settings.store_url("gateway"))
+        producer = EventProducer(settings.bootstrap, timeout=settings.publish_timeout_s,
+                                 transactional_id=f"kim-gateway-{instance}", client_id="kim-gateway")
+        app.state.settings = settings
+        app.state.token_verifier = verifier
+        app.state.accept_events = AcceptEvents(SqlAcceptedEvents(db), KafkaPublisher(producer))
+        try:
+            yield
+        finally:
+            await app.state.accept_events.close()
+            await producer.stop()
+            db.close()
+
+    app = FastAPI(title="KIM gateway", version="1", description=DESCRIPTION, lifespan=lifespan)
+    app.include_router(router)
     add_health_routes(app, "gateway", [kafka_reachable(settings.bootstrap)])
     return app

@@ -1,0 +1,100 @@
+"""HTTP surface of the gateway: `POST /v1/events` (§6)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from kim.auth import Principal, require_roles
+from kim.messaging import PublishFailed
+from services.gateway.application import AcceptEvents
+from services.gateway.domain import EventError, assess
+
+SINGLE = "application/cloudevents+json"
+BATCH = "application/cloudevents-batch+json"
+
+router = APIRouter(prefix="/v1", tags=["events"])
+
+AgencySystem = Annotated[Principal, require_roles("agency_system")]
+
+
+def get_accept_events(request: Request) -> AcceptEvents:
+    return request.app.state.accept_events
+
+
+AcceptEventsDep = Annotated[AcceptEvents, Depends(get_accept_events)]
+
+
+def _problem(status: int, error: str, detail: str, errors: list[EventError] | None = None,
+             headers: dict[str, str] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"error": error, "detail": detail}
+    if errors is not None:
+        body["errors"] = [e.to_dict() for e in errors]
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _read_events(content_type: str, body: bytes, max_events: int) -> list[Any] | EventError:
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type not in (SINGLE, BATCH, "application/json"):
+        return EventError(None, None, "Content-Type",
+                          f"must be {SINGLE} (one event) or {BATCH} (a JSON array of events)", media_type or None)
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return EventError(None, None, "$", f"the body must be valid UTF-8 JSON ({exc})")
+    if media_type == BATCH or (media_type == "application/json" and isinstance(parsed, list)):
+        if not isinstance(parsed, list):
+            return EventError(None, None, "$", f"a {BATCH} body must be a JSON array of events")
+        if not parsed:
+            return EventError(None, None, "$", "a batch must hold at least one event")
+        if len(parsed) > max_events:
+            return EventError(None, None, "$", f"a batch may hold at most {max_events} events, this one has "
+                                             f"{len(parsed)}; split it")
+        return parsed
+    if isinstance(parsed, list):
+        return EventError(None, None, "$", f"a {SINGLE} body must be one JSON object; send arrays as {BATCH}")
+    return [parsed]
+
+
+@router.post(
+    "/events",
+    status_code=202,
+    summary="Publish one event or a batch (all-or-nothing)",
+    responses={
+        202: {"description": "Kafka acknowledged every event",
+              "content": {"application/json": {"example": {"accepted": 2, "duplicates": 0}}}},
+        401: {"description": "missing, expired or badly signed token"},
+        403: {"description": "`source` is not the token's agency, or the agency may not emit the type or hold "
+                             "the area in that legal domain"},
+        422: {"description": "events that break the contract, each with index, id, JSON path and rule"},
+        503: {"description": "Kafka cannot take the events now; nothing was published. Retry after `Retry-After` s"},
+    },
+)
+async def post_events(request: Request, principal: AgencySystem, accept: AcceptEventsDep) -> JSONResponse:
+    settings = request.app.state.settings
+    raw = _read_events(request.headers.get("content-type", ""), await request.body(), settings.max_batch_events)
+    if isinstance(raw, EventError):
+        return _problem(415 if raw.path == "Content-Type" else 422,
+                        "unsupported_media_type" if raw.path == "Content-Type" else "invalid_request",
+                        raw.rule, [raw])
+    assessment = assess(raw, principal.agency)
+    if assessment.invalid:
+        failing = len({e.index for e in assessment.invalid})
+        return _problem(422, "invalid_events",
+                        f"{failing} of {len(raw)} event(s) break the contract; nothing was accepted",
+                        assessment.invalid)
+    if assessment.forbidden:
+        failing = len({e.index for e in assessment.forbidden})
+        return _problem(403, "forbidden",
+                        f"agency {principal.agency} may not publish {failing} of {len(raw)} event(s); "
+                        "nothing was accepted", assessment.forbidden)
+    try:
+        outcome = await accept(assessment.events)
+    except PublishFailed:
+        return _problem(503, "kafka_unavailable",
+                        "Kafka cannot take the events now; nothing was published. Retry with the same ids.",
+                        headers={"Retry-After": str(settings.retry_after_s)})
+    return JSONResponse({"accepted": outcome.accepted, "duplicates": outcome.duplicates}, status_code=202)

@@ -1,0 +1,74 @@
+"""What the gateway decides about a request, as pure functions.
+
+The gateway checks only what the tables of the interface say (§3): the envelope
+and payload against the contract, and who may publish what. Whether an event
+fits the person's history is the referral service's business.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from contracts import ValidatedEvent, ValidationProblem, authorisation_problems, validate
+
+
+@dataclass(frozen=True)
+class EventError:
+    """One broken rule of one event of a request."""
+
+    index: int | None  # None: the request as a whole
+    id: str | None
+    path: str
+    rule: str
+    value: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"index": self.index, "id": self.id, "path": self.path, "rule": self.rule}
+        if self.value is not None:
+            out["value"] = self.value
+        return out
+
+
+@dataclass(frozen=True)
+class Assessment:
+    events: list[ValidatedEvent]
+    invalid: list[EventError]  # → 422
+    forbidden: list[EventError]  # → 403
+
+
+def _event_id(raw: Any) -> str | None:
+    if isinstance(raw, dict) and isinstance(raw.get("id"), str):
+        return raw["id"]
+    return None
+
+
+def _errors(index: int, event_id: str | None, problems: list[ValidationProblem]) -> list[EventError]:
+    return [EventError(index, event_id, p.path, p.rule, p.value) for p in problems]
+
+
+def assess(raw_events: list[Any], caller_agency: str) -> Assessment:
+    """Validate every event of a request and check that the caller may publish it.
+
+    Every event is checked, so the answer lists all that is wrong at once.
+    """
+    events: list[ValidatedEvent] = []
+    invalid: list[EventError] = []
+    forbidden: list[EventError] = []
+    for index, raw in enumerate(raw_events):
+        result = validate(raw) if isinstance(raw, dict) else [
+            ValidationProblem("$", "must be a JSON object (one CloudEvent)")]
+        if isinstance(result, list):
+            invalid.extend(_errors(index, _event_id(raw), result))
+            continue
+        problems = authorisation_problems(result, caller_agency)
+        if problems:
+            forbidden.extend(_errors(index, result.id, problems))
+        else:
+            events.append(result)
+    return Assessment(events, invalid, forbidden)
+
+
+def dedup_key(event: ValidatedEvent) -> tuple[str, str]:
+    """`(source, id)` identifies an event for ever (§2)."""
+    return event.source, event.id

@@ -1,0 +1,189 @@
+"""The gateway against the real broker: what agency systems see (§6, POST /v1/events)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from kafka import KafkaConsumer, TopicPartition
+
+from kim.auth import issue_dev_token
+from kim.infra.kafka import create_topics, free_port
+from kim.topics import ALL_TOPICS
+from services.gateway.bootstrap import create_app
+from services.gateway.settings import GatewaySettings
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "examples"
+SECRET = "gateway-test-secret-of-thirty-two-bytes"
+SINGLE = {"content-type": "application/cloudevents+json"}
+BATCH = {"content-type": "application/cloudevents-batch+json"}
+
+
+def example(name: str, **changes) -> dict:
+    event = json.loads((EXAMPLES / f"{name}.json").read_text())
+    event["id"] = f"{event['id']}-{uuid.uuid4().hex[:8]}"
+    event.update(changes)
+    return event
+
+
+def token(agency: str, roles: tuple[str, ...] = ("agency_system",), ttl: int = 600) -> dict:
+    return {"authorization": f"Bearer {issue_dev_token(SECRET, sub='test', agency=agency, roles=list(roles), ttl_s=ttl)}"}
+
+
+@pytest.fixture(scope="module")
+def topics(kafka_bootstrap):
+    create_topics(kafka_bootstrap, ALL_TOPICS, partitions=6)
+
+
+def _settings(tmp_path: Path, bootstrap: str, **extra) -> GatewaySettings:
+    return GatewaySettings(kafka_bootstrap=bootstrap, data_dir=tmp_path, auth_hs256_secret=SECRET,
+                           database_url=None, **extra)
+
+
+@pytest.fixture
+def gateway(tmp_path, kafka_bootstrap, topics):
+    app = create_app(_settings(tmp_path, kafka_bootstrap), instance=f"test-{uuid.uuid4().hex[:6]}")
+    with TestClient(app) as client:
+        yield client
+
+
+def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    partitions = [TopicPartition(topic, p) for p in range(6)]
+    offsets = consumer.end_offsets(partitions)
+    consumer.close()
+    return {tp.partition: offset for tp, offset in offsets.items()}
+
+
+def committed_events(bootstrap: str, topic: str, subject: str) -> list[dict]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed",
+                             auto_offset_reset="earliest", consumer_timeout_ms=3000)
+    consumer.assign([TopicPartition(topic, p) for p in range(6)])
+    events = [json.loads(r.value) for r in consumer if r.key == subject.encode()]
+    consumer.close()
+    return events
+
+
+def test_one_event_is_published_on_the_agency_topic_keyed_by_subject(gateway, kafka_bootstrap):
+    subject = f"P-{uuid.uuid4().hex[:10]}"
+    event = example("LanguageLevelReached", subject=subject)
+    event["traceparent"] = "00-abc-def-01"  # unknown extensions pass through
+    response = gateway.post("/v1/events", content=json.dumps(event), headers={**SINGLE, **token("integration_center")})
+    assert response.status_code == 202, response.text
+    assert response.json() == {"accepted": 1, "duplicates": 0}
+    published = committed_events(kafka_bootstrap, "kim.integration_center.events", subject)
+    assert published == [event]
+
+
+def test_a_batch_is_accepted_and_repeats_are_duplicates_for_ever(tmp_path, kafka_bootstrap, topics):
+    subject = f"P-{uuid.uuid4().hex[:10]}"
+    batch = [example("CaseOpenedByAgency", subject=subject), example("HandedOverToAgency", subject=subject)]
+    settings = _settings(tmp_path, kafka_bootstrap)
+    with TestClient(create_app(settings, instance="dedup-a")) as client:
+        first = client.post("/v1/events", content=json.dumps(batch), headers={**BATCH, **token("social_welfare_office")})
+        assert first.status_code == 202 and first.json() == {"accepted": 2, "duplicates": 0}
+        again = client.post("/v1/events", content=json.dumps(batch[:1] + batch[:1]),
+                            headers={**BATCH, **token("social_welfare_office")})
+        assert again.json() == {"accepted": 0, "duplicates": 2}
+    # a restarted gateway still knows them
+    with TestClient(create_app(settings, instance="dedup-a")) as client:
+        later = client.post("/v1/events", content=json.dumps(batch[1]), headers={**SINGLE, **token("social_welfare_office")})
+        assert later.json() == {"accepted": 0, "duplicates": 1}
+    assert len(committed_events(kafka_bootstrap, "kim.social_welfare_office.events", subject)) == 2
+
+
+@pytest.mark.parametrize("headers, detail", [
+    ({}, "Authorization"),
+    ({"authorization": "Bearer not-a-jwt"}, "not valid"),
+    ({"authorization": f"Bearer {issue_dev_token('another-secret-of-thirty-two-bytes', sub='x', agency='job_center', roles=['agency_system'])}"},
+     "not valid"),
+    ({"authorization": f"Bearer {issue_dev_token(SECRET, sub='x', agency='job_center', roles=['agency_system'], ttl_s=-10)}"},
+     "expired"),
+])
+def test_requests_without_a_valid_token_get_401(gateway, headers, detail):
+    response = gateway.post("/v1/events", content=json.dumps(example("PersonRegistered")), headers={**SINGLE, **headers})
+    assert response.status_code == 401
+    assert detail in response.json()["detail"]
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize("agency, event, path", [
+    # source names another agency than the token's
+    ("job_center", example("PersonRegistered"), "$.source"),
+    # the foreigners office may not emit a profile
+    ("foreigners_office", example("ProfileCompleted", source="urn:kim:foreigners_office"), "$.type"),
+    # the Jobcenter cannot hold benefits under AsylbLG
+    ("job_center", example("CaseOpenedByAgency", source="urn:kim:job_center",
+                           data={"area": "benefits", "legal_domain": "ASYLBLG"}), "$.data.legal_domain"),
+    # a handover to the Jobcenter under SGB III
+    ("social_welfare_office", example("HandedOverToAgency", data={
+        "handover_id": "h1", "area": "benefits", "to_agency": "job_center", "to_legal_domain": "SGB_III",
+        "reason": "x"}), "$.data.to_legal_domain"),
+])
+def test_what_the_tables_forbid_gets_403_naming_the_field(gateway, kafka_bootstrap, agency, event, path):
+    before = end_offsets(kafka_bootstrap, f"kim.{agency}.events")
+    response = gateway.post("/v1/events", content=json.dumps(event), headers={**SINGLE, **token(agency)})
+    assert response.status_code == 403, response.text
+    errors = response.json()["errors"]
+    assert [(e["index"], e["id"], e["path"]) for e in errors] == [(0, event["id"], path)]
+    assert errors[0]["rule"]
+    assert end_offsets(kafka_bootstrap, f"kim.{agency}.events") == before
+
+
+def test_a_token_without_the_agency_system_role_gets_403(gateway):
+    response = gateway.post("/v1/events", content=json.dumps(example("PersonRegistered")),
+                            headers={**SINGLE, **token("integration_center", roles=("case_manager",))})
+    assert response.status_code == 403
+    assert "agency_system" in response.json()["detail"]
+
+
+def test_a_batch_with_one_bad_event_is_refused_whole_with_each_error(gateway, kafka_bootstrap):
+    subject = f"P-{uuid.uuid4().hex[:10]}"
+    good = example("PersonRegistered", subject=subject)
+    bad = example("ProfileCompleted", subject=subject)
+    bad["data"] = copy.deepcopy(bad["data"])
+    bad["data"]["work_experience_years"] = "six"
+    del bad["recordedtime"]
+    before = end_offsets(kafka_bootstrap, "kim.integration_center.events")
+    response = gateway.post("/v1/events", content=json.dumps([good, bad]),
+                            headers={**BATCH, **token("integration_center")})
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert "nothing was accepted" in body["detail"]
+    found = {(e["index"], e["id"], e["path"]) for e in body["errors"]}
+    assert found == {(1, bad["id"], "$.recordedtime"), (1, bad["id"], "$.data.work_experience_years")}
+    assert all(e["rule"] for e in body["errors"])
+    assert end_offsets(kafka_bootstrap, "kim.integration_center.events") == before
+
+
+@pytest.mark.parametrize("content_type, body, status, path", [
+    ("application/cloudevents+json", b"{not json", 422, "$"),
+    ("application/cloudevents-batch+json", b"{}", 422, "$"),
+    ("application/cloudevents-batch+json", b"[]", 422, "$"),
+    ("text/plain", b"{}", 415, "Content-Type"),
+])
+def test_unreadable_requests_say_what_is_wrong(gateway, content_type, body, status, path):
+    response = gateway.post("/v1/events", content=body,
+                            headers={"content-type": content_type, **token("integration_center")})
+    assert response.status_code == status
+    assert response.json()["errors"][0]["path"] == path
+
+
+def test_kafka_unreachable_gives_503_with_retry_after_and_publishes_nothing(tmp_path, kafka_bootstrap, topics):
+    dead = f"localhost:{free_port()}"
+    app = create_app(_settings(tmp_path, dead, publish_timeout_s=2.0), instance="unreachable")
+    event = example("PersonRegistered", subject=f"P-{uuid.uuid4().hex[:10]}")
+    with TestClient(app) as client:
+        response = client.post("/v1/events", content=json.dumps(event),
+                               headers={**SINGLE, **token("integration_center")})
+    assert response.status_code == 503
+    assert int(response.headers["retry-after"]) > 0
+    # nothing was recorded as accepted: the same event goes through once Kafka is back
+    with TestClient(create_app(_settings(tmp_path, kafka_bootstrap), instance="unreachable")) as client:
+        again = client.post("/v1/events", content=json.dumps(event),
+                            headers={**SINGLE, **token("integration_center")})
+    assert again.json()["accepted"] == 1
