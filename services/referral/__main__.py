@@ -1,5 +1,5 @@
 from kim.service import run_service
-from kim.settings import KimSettings
 from services.referral.bootstrap import create_app
+from services.referral.settings import ReferralSettings
 
-run_service("referral", create_app, KimSettings)
+run_service("referral", create_app, ReferralSettings)

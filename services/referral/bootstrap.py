@@ -2,17 +2,78 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+
+import anyio
 from fastapi import FastAPI
 
+from kim.auth import TokenVerifier
+from kim.messaging import EventProducer
 from kim.service import add_health_routes, kafka_reachable
-from kim.settings import KimSettings
+from kim.storage import Database
+from services.referral.api import router
+from services.referral.application import Referral
+from services.referral.messaging import agency_consumer, encode_derived, publish_derived
+from services.referral.projections import SCHEMA
+from services.referral.rules import load_rules
+from services.referral.settings import ReferralSettings
+
+log = logging.getLogger(__name__)
 
 
-def create_app(settings: KimSettings) -> FastAPI:
-    app = FastAPI(
-        title="KIM referral",
-        description="Referral: responsibility per person and area across agencies, handovers and jurisdiction gaps.",
-        version="1",
-    )
-    add_health_routes(app, "referral", [kafka_reachable(settings.bootstrap)])
+async def _pass_deadlines(referral: Referral, tick_s: float, stopping: asyncio.Event) -> None:
+    """Deadlines pass in real time, without any event arriving (§4)."""
+    while not stopping.is_set():
+        try:
+            await anyio.to_thread.run_sync(referral.pass_deadlines, None)
+        except Exception:
+            log.exception("passing deadlines failed; retrying")
+        try:
+            await asyncio.wait_for(stopping.wait(), tick_s)
+        except TimeoutError:
+            pass
+
+
+def create_app(settings: ReferralSettings) -> FastAPI:
+    verifier = TokenVerifier(settings)
+    rules = load_rules(settings.rules_file)  # a bad rules file stops the start
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        (settings.data_dir / "stores").mkdir(parents=True, exist_ok=True)
+        db = Database.from_url(settings.store_url("referral"))
+        db.ensure_schema(SCHEMA)
+        referral = Referral(db, rules, encode_derived)
+        consumer = agency_consumer(referral, db, settings.bootstrap, settings.referral_group)
+        producer = EventProducer(settings.bootstrap, client_id="kim-referral")
+        stopping = asyncio.Event()
+        app.state.referral = referral
+        app.state.token_verifier = verifier
+        app.state.consumer = consumer
+        tasks = [asyncio.create_task(consumer.run(), name="referral-consumer"),
+                 asyncio.create_task(_pass_deadlines(referral, settings.referral_tick_s, stopping)),
+                 asyncio.create_task(publish_derived(db, producer, stopping))]
+        try:
+            yield
+        finally:
+            stopping.set()
+            consumer.stop()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await producer.stop()
+            db.close()
+
+    app = FastAPI(title="KIM referral", version="1", lifespan=lifespan,
+                  description="Responsibility per person and area across agencies, handovers and "
+                              "jurisdiction gaps (Rechtskreiswechsel without gaps).")
+    app.include_router(router)
+
+    async def caught_up() -> str | None:
+        consumer = getattr(app.state, "consumer", None)
+        if consumer is None or not consumer.caught_up():
+            return "still consuming the agency topics"
+        return None
+
+    add_health_routes(app, "referral", [kafka_reachable(settings.bootstrap), caught_up])
     return app
