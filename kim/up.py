@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,8 +210,9 @@ class Stack:
             self.broker = None
 
 
-def up(settings: KimSettings, after_ready=None) -> int:
-    """Run the stack until Ctrl-C, SIGINT or SIGTERM; `after_ready(bootstrap)` runs once all are ready."""
+def up(settings: KimSettings, after_ready: Callable[[threading.Event], None] | None = None) -> int:
+    """Run the stack until Ctrl-C, SIGINT or SIGTERM; `after_ready(stopping)` runs once all are ready
+    and should return soon after `stopping` is set."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     lock_path = settings.data_dir / "up.lock"
     lock = open(lock_path, "a+")
@@ -243,7 +245,7 @@ def up(settings: KimSettings, after_ready=None) -> int:
         stack.start()
         print("ready. Ctrl-C stops everything.", flush=True)
         if after_ready is not None and not stopping.is_set():
-            after_ready(stack.bootstrap)
+            after_ready(stopping)
         while not stopping.wait(0.5):
             dead = stack.dead_service()
             if dead:
