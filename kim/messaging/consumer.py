@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import IllegalStateError
 
 from kim.messaging.producer import EventProducer, KafkaRecord, PublishFailed
@@ -206,6 +207,12 @@ class TrackedConsumer(Generic[T]):
         """Applied up to the end offsets that existed when partitions were assigned."""
         return self._assigned and self._reached.issuperset(self._targets)
 
+    def owned_partitions(self) -> list[int] | None:
+        """Partition numbers this member owns on every topic now; None before an assignment."""
+        if not self._assigned:
+            return None
+        return sorted({tp.partition for tp in self._stored})
+
     def stop(self) -> None:
         """Ask ``run()`` to return soon: it commits the batch in hand, then returns."""
         self._stopping = True
@@ -219,6 +226,10 @@ class TrackedConsumer(Generic[T]):
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level=self.isolation_level,
+            # Range gives each member the same partition numbers on every topic
+            # (all ours have one partition count), so a person's events from all
+            # agencies reach one member: co-partitioning.
+            partition_assignment_strategy=(RangePartitionAssignor,),
         )
         self._consumer = consumer
         if self.group_id is not None:

@@ -81,7 +81,7 @@ class Referral:
             self._recompute(tx, list(partitions), partitions)
 
     def pass_deadlines(self, partitions: Sequence[int] | None) -> int:
-        """Recompute the persons whose next deadline has passed; returns how many."""
+        """Recompute the persons (of `partitions`; None: all) whose next deadline has passed; returns how many."""
         with self._recompute_lock, self._db.transaction() as tx:
             due = ReferralStore.due_persons(tx, self._clock(), partitions)
             if due:

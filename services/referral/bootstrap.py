@@ -10,7 +10,7 @@ import anyio
 from fastapi import FastAPI
 
 from kim.auth import TokenVerifier
-from kim.messaging import EventProducer
+from kim.messaging import EventProducer, TrackedConsumer
 from kim.service import add_health_routes, kafka_reachable
 from kim.storage import Database
 from services.referral.api import router
@@ -23,17 +23,30 @@ from services.referral.settings import ReferralSettings
 log = logging.getLogger(__name__)
 
 
-async def _pass_deadlines(referral: Referral, tick_s: float, stopping: asyncio.Event) -> None:
-    """Deadlines pass in real time, without any event arriving (§4)."""
+async def _pass_deadlines(referral: Referral, consumer: TrackedConsumer, tick_s: float,
+                          stopping: asyncio.Event) -> None:
+    """Deadlines pass in real time, without any event arriving (§4). Each instance
+    looks after the persons of the partitions it owns."""
     while not stopping.is_set():
         try:
-            await anyio.to_thread.run_sync(referral.pass_deadlines, None)
+            owned = consumer.owned_partitions()
+            if owned is not None:
+                await anyio.to_thread.run_sync(referral.pass_deadlines, owned)
         except Exception:
             log.exception("passing deadlines failed; retrying")
         try:
             await asyncio.wait_for(stopping.wait(), tick_s)
         except TimeoutError:
             pass
+
+
+async def _consume(consumer: TrackedConsumer, app: FastAPI) -> None:
+    try:
+        await consumer.run()
+    except Exception as exc:
+        # Readiness reports it; the projection stays as last committed.
+        log.exception("the referral consumer stopped")
+        app.state.consumer_error = f"the consumer stopped: {exc!r}"
 
 
 def create_app(settings: ReferralSettings) -> FastAPI:
@@ -52,8 +65,8 @@ def create_app(settings: ReferralSettings) -> FastAPI:
         app.state.referral = referral
         app.state.token_verifier = verifier
         app.state.consumer = consumer
-        tasks = [asyncio.create_task(consumer.run(), name="referral-consumer"),
-                 asyncio.create_task(_pass_deadlines(referral, settings.referral_tick_s, stopping)),
+        tasks = [asyncio.create_task(_consume(consumer, app), name="referral-consumer"),
+                 asyncio.create_task(_pass_deadlines(referral, consumer, settings.referral_tick_s, stopping)),
                  asyncio.create_task(publish_derived(db, producer, stopping))]
         try:
             yield
@@ -71,6 +84,8 @@ def create_app(settings: ReferralSettings) -> FastAPI:
 
     async def caught_up() -> str | None:
         consumer = getattr(app.state, "consumer", None)
+        if getattr(app.state, "consumer_error", None):
+            return app.state.consumer_error
         if consumer is None or not consumer.caught_up():
             return "still consuming the agency topics"
         return None
