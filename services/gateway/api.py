@@ -59,6 +59,24 @@ def _read_events(content_type: str, body: bytes, max_events: int) -> list[Any] |
     return [parsed]
 
 
+def request_examples() -> dict:
+    """One realistic example per event type (from the demo district), and a batch."""
+    from kim.demo import generate_district
+
+    first: dict[str, dict] = {}
+    for event in generate_district(200, 1.0, 7):
+        first.setdefault(event["type"], event)
+    single = {event["type"].split(".")[2]: {"summary": event["type"], "value": event}
+              for event in sorted(first.values(), key=lambda e: e["type"])}
+    batch = [e for e in first.values() if e["source"] == first["de.kim.CaseOpenedByAgency.v1"]["source"]][:3]
+    return {
+        SINGLE: {"schema": {"type": "object", "description": "one CloudEvent (see contracts/schemas/)"},
+                 "examples": single},
+        BATCH: {"schema": {"type": "array", "items": {"type": "object"}},
+                "examples": {"batch": {"summary": "a batch of one agency's events", "value": batch}}},
+    }
+
+
 @router.post(
     "/events",
     status_code=202,
@@ -72,6 +90,8 @@ def _read_events(content_type: str, body: bytes, max_events: int) -> list[Any] |
         422: {"description": "events that break the contract, each with index, id, JSON path and rule"},
         503: {"description": "Kafka cannot take the events now; nothing was published. Retry after `Retry-After` s"},
     },
+    # The body is read raw (two media types, all-or-nothing validation); examples for integrators.
+    openapi_extra={"requestBody": {"required": True, "content": {}}},
 )
 async def post_events(request: Request, principal: AgencySystem, accept: AcceptEventsDep) -> JSONResponse:
     settings = request.app.state.settings

@@ -6,12 +6,13 @@ import socket
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from kim.auth import TokenVerifier
 from kim.messaging import EventProducer
 from kim.service import add_health_routes, kafka_reachable
 from kim.storage import Database
-from services.gateway.api import router
+from services.gateway.api import request_examples, router
 from services.gateway.application import AcceptEvents
 from services.gateway.messaging import KafkaPublisher
 from services.gateway.settings import GatewaySettings
@@ -51,4 +52,17 @@ def create_app(settings: GatewaySettings, instance: str | None = None) -> FastAP
     app = FastAPI(title="KIM gateway", version="1", description=DESCRIPTION, lifespan=lifespan)
     app.include_router(router)
     add_health_routes(app, "gateway", [kafka_reachable(settings.bootstrap)])
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            schema["paths"]["/v1/events"]["post"]["requestBody"]["content"] = request_examples()
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}
+            schema["security"] = [{"bearer": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app

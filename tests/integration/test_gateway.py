@@ -187,3 +187,18 @@ def test_kafka_unreachable_gives_503_with_retry_after_and_publishes_nothing(tmp_
         again = client.post("/v1/events", content=json.dumps(event),
                             headers={**SINGLE, **token("integration_center")})
     assert again.json()["accepted"] == 1
+
+
+def test_openapi_document_has_an_example_of_every_event_type_that_the_gateway_accepts(gateway):
+    from contracts import CATALOGUE
+
+    document = gateway.get("/openapi.json").json()
+    content = document["paths"]["/v1/events"]["post"]["requestBody"]["content"]
+    examples = content["application/cloudevents+json"]["examples"]
+    assert set(examples) == {model.event_name for model in CATALOGUE}
+    for example in examples.values():
+        event = dict(example["value"], id=f"openapi-{uuid.uuid4().hex}")
+        agency = event["source"].split(":")[2]
+        response = gateway.post("/v1/events", content=json.dumps(event), headers={**SINGLE, **token(agency)})
+        assert response.status_code == 202, (event["type"], response.text)
+    assert content["application/cloudevents-batch+json"]["examples"]["batch"]["value"]

@@ -279,3 +279,35 @@ def test_visibility_of_other_agencies_case_managers_and_agency_systems(stack):
     # the steering group reads figures, not persons; no token, no answer
     assert referral.get("/v1/gaps", headers=auth("integration_center", "steering_group")).status_code == 403
     assert referral.get("/v1/gaps").status_code == 401
+
+
+def test_an_agency_writing_straight_to_kafka_gets_invalid_events_dead_lettered(stack, kafka_bootstrap):
+    """Agencies that run Kafka themselves bypass the gateway: the referral service
+    validates what it reads, and a bad event goes to kim.deadletter with the reason."""
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    p = Person()
+    bad = p.event("job_center", "CaseOpenedByAgency", "2026-01-05T09:00:00Z",
+                  {"area": "benefits", "legal_domain": "SGB_II"})
+    bad["data"]["legal_domain"] = "SGB_99"
+    good = p.event("job_center", "CaseOpenedByAgency", "2026-01-05T09:00:00Z",
+                   {"area": "labour_market", "legal_domain": "SGB_II"})
+    deadletter = KafkaConsumer(bootstrap_servers=kafka_bootstrap, consumer_timeout_ms=1000)
+    partitions = [TopicPartition("kim.deadletter", n) for n in range(6)]
+    start = deadletter.end_offsets(partitions)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    for event in (bad, good):
+        producer.send("kim.job_center.events", key=p.subject.encode(), value=json.dumps(event).encode())
+    producer.flush()
+    producer.close()
+
+    wait_until(lambda: "labour_market" in responsibility(stack, p.subject)["areas"], timeout=10,
+               message="the valid event after the bad one is applied")
+    assert "benefits" not in responsibility(stack, p.subject)["areas"]
+    deadletter.assign(partitions)
+    for tp, offset in start.items():
+        deadletter.seek(tp, offset)
+    found = [dict(r.headers) for r in deadletter if r.key == p.subject.encode()]
+    deadletter.close()
+    reasons = [h["kim_dlq_reason"].decode() for h in found if h.get("kim_dlq_consumer") == b"referral"]
+    assert len(reasons) == 1 and "$.data.legal_domain" in reasons[0]

@@ -13,9 +13,32 @@ from kim.settings import KimSettings
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _settings_classes() -> list[type[KimSettings]]:
+    """KimSettings and every service's subclass of it (services/*/settings.py)."""
+    import importlib
+    import inspect
+
+    classes = [KimSettings]
+    for path in sorted((ROOT / "services").glob("*/settings.py")):
+        module = importlib.import_module(f"services.{path.parent.name}.settings")
+        classes += [c for _, c in inspect.getmembers(module, inspect.isclass)
+                    if issubclass(c, KimSettings) and c is not KimSettings and c.__module__ == module.__name__]
+    return classes
+
+
 def _variables_the_code_reads() -> set[str]:
     prefix = KimSettings.model_config["env_prefix"]
-    return {prefix + name.upper() for name in KimSettings.model_fields}
+    return {prefix + name.upper() for cls in _settings_classes() for name in cls.model_fields}
+
+
+def test_readme_documents_every_variable_and_its_rules_example_is_valid():
+    from services.referral.rules import RulesConfig
+
+    readme = (ROOT / "README.md").read_text()
+    assert {v for v in _variables_the_code_reads() if f"`{v}`" not in readme} == set()
+    example = readme.split("```toml", 1)[1].split("```", 1)[0]
+    rules = RulesConfig.from_toml(example)
+    assert rules.r1.enabled and not rules.r3.enabled
 
 
 def test_compose_parses_and_runs_every_service_on_its_port_with_every_variable():
