@@ -72,8 +72,9 @@ def responsibility(
 
 @router.get("/gaps", summary="Jurisdiction gaps (§4)")
 def gaps(referral: ReferralDep, scope: ScopeDep,
-         status: Literal["open", "closed", "all"] = "all") -> list[dict]:
-    return referral.gaps(status, scope)
+         status: Literal["open", "closed", "all"] = "all",
+         subject: Annotated[str | None, Query(description="only this person's gaps")] = None) -> list[dict]:
+    return referral.gaps(status, scope, subject)
 
 
 @router.get("/handovers", summary="Actual and expected handovers")
@@ -82,5 +83,6 @@ def handovers(
     scope: ScopeDep,
     status: Annotated[Literal["pending", "accepted", "rejected", "overdue", "satisfied", "cancelled"] | None,
                       Query(description="satisfied: another agency took the area; cancelled: the case closed")] = None,
+    subject: Annotated[str | None, Query(description="only this person's handovers")] = None,
 ) -> list[dict]:
-    return referral.handovers(status, scope)
+    return referral.handovers(status, scope, subject)

@@ -56,14 +56,21 @@ def scope_of(principal: Principal) -> Scope | None:
 # ---- the projection ----------------------------------------------------------------
 
 class Referral:
+    """Facts are stored by the consumer's handler; persons are recomputed apart from it,
+    in chunks, so that a person touched by many batches during a catch-up is computed
+    once per chunk rather than once per batch."""
+
     def __init__(self, db: Database, rules: RulesConfig, encode_derived: DerivedEncoder,
-                 clock: Clock = utc_now) -> None:
+                 clock: Clock = utc_now, on_stale: Callable[[], None] = lambda: None,
+                 chunk: int = 500) -> None:
         self._db = db
         self._rules = rules
         self._encode = encode_derived
         self._clock = clock
-        # Consumer batches and deadline passes both recompute persons; one at a time,
-        # so neither overwrites the other's newer result with an older one.
+        self._on_stale = on_stale
+        self._chunk = chunk
+        # Serialises recomputations in this process (SQLite would refuse a write
+        # after a read that another writer overtook).
         self._recompute_lock = threading.Lock()
 
     @property
@@ -72,29 +79,32 @@ class Referral:
 
     def apply(self, tx: Transaction, events: list[ConsumedEvent[ValidatedEvent]]) -> None:
         """Handler of the tracked consumer: runs in its transaction."""
-        facts = [fact_of(e.event) for e in events if e.event.event_name in RELEVANT_EVENTS]
-        if not facts:
+        relevant = [e for e in events if e.event.event_name in RELEVANT_EVENTS]
+        if not relevant:
             return
-        partitions = {e.event.subject: e.partition for e in events if e.event.event_name in RELEVANT_EVENTS}
-        with self._recompute_lock:
-            ReferralStore.add_facts(tx, facts)
-            self._recompute(tx, list(partitions), partitions)
+        ReferralStore.add_facts(tx, [fact_of(e.event) for e in relevant])
+        ReferralStore.mark_stale(tx, {e.event.subject: e.partition for e in relevant})
+        self._on_stale()
 
-    def pass_deadlines(self, partitions: Sequence[int] | None) -> int:
-        """Recompute the persons (of `partitions`; None: all) whose next deadline has passed; returns how many."""
+    def recompute_due(self, partitions: Sequence[int] | None) -> int:
+        """Recompute one chunk of the persons (of `partitions`; None: all) with new facts
+        or a passed deadline; returns how many, so callers repeat while it is a full chunk."""
         with self._recompute_lock, self._db.transaction() as tx:
-            due = ReferralStore.due_persons(tx, self._clock(), partitions)
-            if due:
-                self._recompute(tx, due, ReferralStore.partitions_of(tx, due))
+            now = self._clock()
+            due = ReferralStore.due_persons(tx, now, partitions, self._chunk)
+            if not due:
+                return 0
+            facts = ReferralStore.facts_of(tx, due)
+            states = {s: compute(facts[s], self._rules, now) for s in due}
+            ReferralStore.replace_persons(tx, states, now)
+            derived = [d for s, state in states.items() for d in derived_events(state, s)]
+            ReferralStore.add_to_outbox(tx, [(d, self._encode(d, now)) for d in derived])
             return len(due)
 
-    def _recompute(self, tx: Transaction, subjects: list[str], partitions: dict[str, int]) -> None:
-        now = self._clock()
-        facts = ReferralStore.facts_of(tx, subjects)
-        states = {s: compute(facts[s], self._rules, now) for s in subjects}
-        ReferralStore.replace_persons(tx, states, partitions, now)
-        derived = [d for s, state in states.items() for d in derived_events(state, s)]
-        ReferralStore.add_to_outbox(tx, [(d, self._encode(d, now)) for d in derived])
+    def settled(self, partitions: Sequence[int]) -> bool:
+        """No person of these partitions waits for a recomputation."""
+        with self._db.transaction(readonly=True) as tx:
+            return not ReferralStore.any_stale(tx, partitions)
 
     # ---- queries -------------------------------------------------------------------
 
@@ -107,14 +117,14 @@ class Referral:
             facts = ReferralStore.facts_of(tx, [subject])[subject]
         return compute(facts, self._rules, self._clock(), as_of=as_of, known_at=known_at)
 
-    def gaps(self, status: str, scope: Scope) -> list[dict]:
+    def gaps(self, status: str, scope: Scope, subject: str | None = None) -> list[dict]:
         with self._db.transaction(readonly=True) as tx:
-            return ReferralStore.gaps(tx, status, None if scope.everything else scope.involved_agency)
+            return ReferralStore.gaps(tx, status, None if scope.everything else scope.involved_agency, subject)
 
-    def handovers(self, status: str | None, scope: Scope) -> list[dict]:
+    def handovers(self, status: str | None, scope: Scope, subject: str | None = None) -> list[dict]:
         with self._db.transaction(readonly=True) as tx:
             if scope.everything:
-                return ReferralStore.handovers(tx, status, None, None)
+                return ReferralStore.handovers(tx, status, None, None, subject)
             if scope.own_handovers_of is not None:
-                return ReferralStore.handovers(tx, status, scope.own_handovers_of, None)
-            return ReferralStore.handovers(tx, status, None, scope.involved_agency)
+                return ReferralStore.handovers(tx, status, scope.own_handovers_of, None, subject)
+            return ReferralStore.handovers(tx, status, None, scope.involved_agency, subject)

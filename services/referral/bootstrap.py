@@ -23,19 +23,21 @@ from services.referral.settings import ReferralSettings
 log = logging.getLogger(__name__)
 
 
-async def _pass_deadlines(referral: Referral, consumer: TrackedConsumer, tick_s: float,
-                          stopping: asyncio.Event) -> None:
-    """Deadlines pass in real time, without any event arriving (§4). Each instance
+async def _recompute(referral: Referral, consumer: TrackedConsumer, tick_s: float, wake: asyncio.Event,
+                     stopping: asyncio.Event) -> None:
+    """Recompute persons with new facts as soon as they are stored, and persons whose
+    deadline passed within `tick_s` without any event arriving (§4). Each instance
     looks after the persons of the partitions it owns."""
     while not stopping.is_set():
+        wake.clear()
         try:
             owned = consumer.owned_partitions()
-            if owned is not None:
-                await anyio.to_thread.run_sync(referral.pass_deadlines, owned)
+            if owned is not None and await anyio.to_thread.run_sync(referral.recompute_due, owned) >= 1:
+                continue  # more may be waiting
         except Exception:
-            log.exception("passing deadlines failed; retrying")
+            log.exception("recomputing persons failed; retrying")
         try:
-            await asyncio.wait_for(stopping.wait(), tick_s)
+            await asyncio.wait_for(wake.wait(), tick_s)
         except TimeoutError:
             pass
 
@@ -58,15 +60,16 @@ def create_app(settings: ReferralSettings) -> FastAPI:
         (settings.data_dir / "stores").mkdir(parents=True, exist_ok=True)
         db = Database.from_url(settings.store_url("referral"))
         db.ensure_schema(SCHEMA)
-        referral = Referral(db, rules, encode_derived)
+        loop = asyncio.get_running_loop()
+        wake, stopping = asyncio.Event(), asyncio.Event()
+        referral = Referral(db, rules, encode_derived, on_stale=lambda: loop.call_soon_threadsafe(wake.set))
         consumer = agency_consumer(referral, db, settings.bootstrap, settings.referral_group)
         producer = EventProducer(settings.bootstrap, client_id="kim-referral")
-        stopping = asyncio.Event()
         app.state.referral = referral
         app.state.token_verifier = verifier
         app.state.consumer = consumer
         tasks = [asyncio.create_task(_consume(consumer, app), name="referral-consumer"),
-                 asyncio.create_task(_pass_deadlines(referral, consumer, settings.referral_tick_s, stopping)),
+                 asyncio.create_task(_recompute(referral, consumer, settings.referral_tick_s, wake, stopping)),
                  asyncio.create_task(publish_derived(db, producer, stopping))]
         try:
             yield
@@ -88,6 +91,8 @@ def create_app(settings: ReferralSettings) -> FastAPI:
             return app.state.consumer_error
         if consumer is None or not consumer.caught_up():
             return "still consuming the agency topics"
+        if not await anyio.to_thread.run_sync(app.state.referral.settled, consumer.owned_partitions() or []):
+            return "still computing responsibility"
         return None
 
     add_health_routes(app, "referral", [kafka_reachable(settings.bootstrap), caught_up])

@@ -29,8 +29,11 @@ SCHEMA = (
         agency TEXT NOT NULL, time TEXT NOT NULL, recorded_time TEXT NOT NULL, data TEXT NOT NULL,
         PRIMARY KEY (source, id))""",
     "CREATE INDEX IF NOT EXISTS referral_facts_subject ON referral_facts (subject)",
+    # `stale`: facts arrived since the last computation; `next_deadline`: when time alone changes the state.
     """CREATE TABLE IF NOT EXISTS referral_persons (
-        subject TEXT PRIMARY KEY, partition INTEGER NOT NULL, next_deadline TEXT, computed_at TEXT NOT NULL)""",
+        subject TEXT PRIMARY KEY, partition INTEGER NOT NULL, stale INTEGER NOT NULL, next_deadline TEXT,
+        computed_at TEXT)""",
+    "CREATE INDEX IF NOT EXISTS referral_persons_stale ON referral_persons (stale)",
     "CREATE INDEX IF NOT EXISTS referral_persons_deadline ON referral_persons (next_deadline)",
     """CREATE TABLE IF NOT EXISTS referral_involvement (
         subject TEXT NOT NULL, agency TEXT NOT NULL, PRIMARY KEY (subject, agency))""",
@@ -124,6 +127,22 @@ class ReferralStore:
         )
 
     @staticmethod
+    def mark_stale(tx: Transaction, partitions: dict[str, int]) -> None:
+        tx.executemany(
+            "INSERT INTO referral_persons (subject, partition, stale) VALUES (?, ?, 1) "
+            "ON CONFLICT (subject) DO UPDATE SET stale = 1, partition = excluded.partition",
+            sorted(partitions.items()),
+        )
+
+    @staticmethod
+    def any_stale(tx: Transaction, partitions: Sequence[int]) -> bool:
+        if not partitions:
+            return False
+        tx.execute(f"SELECT 1 FROM referral_persons WHERE stale = 1 AND partition IN ({_marks(partitions)}) LIMIT 1",
+                   list(partitions))
+        return tx.fetchone() is not None
+
+    @staticmethod
     def facts_of(tx: Transaction, subjects: Sequence[str]) -> dict[str, list[Fact]]:
         found: dict[str, list[Fact]] = {s: [] for s in subjects}
         for chunk in _chunks(list(subjects)):
@@ -135,8 +154,7 @@ class ReferralStore:
         return found
 
     @staticmethod
-    def replace_persons(tx: Transaction, states: dict[str, PersonState], partitions: dict[str, int],
-                        now: datetime) -> None:
+    def replace_persons(tx: Transaction, states: dict[str, PersonState], now: datetime) -> None:
         subjects = list(states)
         for table in ("referral_involvement", "referral_gaps", "referral_handovers", "referral_reviews"):
             for chunk in _chunks(subjects):
@@ -153,30 +171,21 @@ class ReferralStore:
         tx.executemany("INSERT INTO referral_reviews (review_id, subject, area, agency, held_since, due) "
                        "VALUES (?, ?, ?, ?, ?, ?)", [r for p in rows for r in p.reviews])
         tx.executemany(
-            "INSERT INTO referral_persons (subject, partition, next_deadline, computed_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (subject) DO UPDATE SET partition = excluded.partition, "
-            "next_deadline = excluded.next_deadline, computed_at = excluded.computed_at",
-            [(s, partitions[s], _sortable(state.next_deadline), rfc3339(now)) for s, state in states.items()],
+            "UPDATE referral_persons SET stale = 0, next_deadline = ?, computed_at = ? WHERE subject = ?",
+            [(_sortable(state.next_deadline), rfc3339(now), s) for s, state in states.items()],
         )
 
     @staticmethod
-    def partitions_of(tx: Transaction, subjects: Sequence[str]) -> dict[str, int]:
-        found: dict[str, int] = {}
-        for chunk in _chunks(list(subjects)):
-            tx.execute(f"SELECT subject, partition FROM referral_persons WHERE subject IN ({_marks(chunk)})", chunk)
-            found.update(dict(tx.fetchall()))
-        return found
-
-    @staticmethod
-    def due_persons(tx: Transaction, now: datetime, partitions: Sequence[int] | None, limit: int = 2000) -> list[str]:
-        sql = "SELECT subject FROM referral_persons WHERE next_deadline IS NOT NULL AND next_deadline <= ?"
+    def due_persons(tx: Transaction, now: datetime, partitions: Sequence[int] | None, limit: int) -> list[str]:
+        """Persons to recompute: with new facts, or whose next deadline has passed."""
+        sql = "SELECT subject FROM referral_persons WHERE (stale = 1 OR next_deadline <= ?)"
         params: list[object] = [_sortable(now)]
         if partitions is not None:
             if not partitions:
                 return []
             sql += f" AND partition IN ({_marks(partitions)})"
             params += list(partitions)
-        tx.execute(sql + f" ORDER BY next_deadline LIMIT {int(limit)}", params)
+        tx.execute(sql + f" LIMIT {int(limit)}", params)
         return [row[0] for row in tx.fetchall()]
 
     @staticmethod
@@ -210,9 +219,9 @@ class ReferralStore:
         return tx.fetchone() is not None
 
     @staticmethod
-    def gaps(tx: Transaction, status: str, agency: str | None) -> list[dict]:
+    def gaps(tx: Transaction, status: str, agency: str | None, subject: str | None = None) -> list[dict]:
         sql = "SELECT gap_id, subject, area, since, until, last_agency, reason FROM referral_gaps g"
-        where, params = [], []
+        where, params = ([], []) if subject is None else (["subject = ?"], [subject])
         if status == "open":
             where.append("until IS NULL")
         elif status == "closed":
@@ -228,11 +237,12 @@ class ReferralStore:
         return sorted(gaps, key=lambda g: (datetime.fromisoformat(g["since"]), g["gap_id"]))
 
     @staticmethod
-    def handovers(tx: Transaction, status: str | None, agency: str | None, involved_agency: str | None) -> list[dict]:
+    def handovers(tx: Transaction, status: str | None, agency: str | None, involved_agency: str | None,
+                  subject: str | None = None) -> list[dict]:
         """`agency`: only handovers it sends or receives; `involved_agency`: only persons it is involved with."""
         sql = ("SELECT handover_id, kind, subject, area, from_agency, to_agency, status, deadline, offered_at "
                "FROM referral_handovers h")
-        where, params = [], []
+        where, params = ([], []) if subject is None else (["subject = ?"], [subject])
         if status is not None:
             where.append("status = ?")
             params.append(status)
