@@ -73,7 +73,7 @@ def responsibility(
 @router.get("/gaps", summary="Jurisdiction gaps (§4)")
 def gaps(referral: ReferralDep, scope: ScopeDep,
          status: Literal["open", "closed", "all"] = "all",
-         subject: Annotated[str | None, Query(description="only this person's gaps")] = None) -> list[dict]:
+         subject: Annotated[list[str] | None, Query(max_length=400, description="only these persons' gaps (at most 400)")] = None) -> list[dict]:
     return referral.gaps(status, scope, subject)
 
 
@@ -83,6 +83,6 @@ def handovers(
     scope: ScopeDep,
     status: Annotated[Literal["pending", "accepted", "rejected", "overdue", "satisfied", "cancelled"] | None,
                       Query(description="satisfied: another agency took the area; cancelled: the case closed")] = None,
-    subject: Annotated[str | None, Query(description="only this person's handovers")] = None,
+    subject: Annotated[list[str] | None, Query(max_length=400, description="only these persons' handovers (at most 400)")] = None,
 ) -> list[dict]:
     return referral.handovers(status, scope, subject)

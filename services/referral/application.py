@@ -117,14 +117,14 @@ class Referral:
             facts = ReferralStore.facts_of(tx, [subject])[subject]
         return compute(facts, self._rules, self._clock(), as_of=as_of, known_at=known_at)
 
-    def gaps(self, status: str, scope: Scope, subject: str | None = None) -> list[dict]:
+    def gaps(self, status: str, scope: Scope, subjects: Sequence[str] | None = None) -> list[dict]:
         with self._db.transaction(readonly=True) as tx:
-            return ReferralStore.gaps(tx, status, None if scope.everything else scope.involved_agency, subject)
+            return ReferralStore.gaps(tx, status, None if scope.everything else scope.involved_agency, subjects)
 
-    def handovers(self, status: str | None, scope: Scope, subject: str | None = None) -> list[dict]:
+    def handovers(self, status: str | None, scope: Scope, subjects: Sequence[str] | None = None) -> list[dict]:
         with self._db.transaction(readonly=True) as tx:
             if scope.everything:
-                return ReferralStore.handovers(tx, status, None, None, subject)
+                return ReferralStore.handovers(tx, status, None, None, subjects)
             if scope.own_handovers_of is not None:
-                return ReferralStore.handovers(tx, status, scope.own_handovers_of, None, subject)
-            return ReferralStore.handovers(tx, status, None, scope.involved_agency, subject)
+                return ReferralStore.handovers(tx, status, scope.own_handovers_of, None, subjects)
+            return ReferralStore.handovers(tx, status, None, scope.involved_agency, subjects)

@@ -79,6 +79,13 @@ def _sortable(value: datetime | None) -> str | None:
     return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if value is not None else None
 
 
+def _subject_filter(subjects: Sequence[str] | None) -> tuple[list[str], list[object]]:
+    if subjects is None:
+        return [], []
+    chosen = list(subjects)  # the API allows at most _CHUNK
+    return [f"subject IN ({_marks(chosen)})"] if chosen else ["1 = 0"], list(chosen)
+
+
 @dataclass(frozen=True)
 class PersonRows:
     """One person's rows in every read model: the pure projection of a `PersonState`."""
@@ -219,9 +226,9 @@ class ReferralStore:
         return tx.fetchone() is not None
 
     @staticmethod
-    def gaps(tx: Transaction, status: str, agency: str | None, subject: str | None = None) -> list[dict]:
+    def gaps(tx: Transaction, status: str, agency: str | None, subjects: Sequence[str] | None = None) -> list[dict]:
         sql = "SELECT gap_id, subject, area, since, until, last_agency, reason FROM referral_gaps g"
-        where, params = ([], []) if subject is None else (["subject = ?"], [subject])
+        where, params = _subject_filter(subjects)
         if status == "open":
             where.append("until IS NULL")
         elif status == "closed":
@@ -238,11 +245,11 @@ class ReferralStore:
 
     @staticmethod
     def handovers(tx: Transaction, status: str | None, agency: str | None, involved_agency: str | None,
-                  subject: str | None = None) -> list[dict]:
+                  subjects: Sequence[str] | None = None) -> list[dict]:
         """`agency`: only handovers it sends or receives; `involved_agency`: only persons it is involved with."""
         sql = ("SELECT handover_id, kind, subject, area, from_agency, to_agency, status, deadline, offered_at "
                "FROM referral_handovers h")
-        where, params = ([], []) if subject is None else (["subject = ?"], [subject])
+        where, params = _subject_filter(subjects)
         if status is not None:
             where.append("status = ?")
             params.append(status)
