@@ -353,10 +353,14 @@ def _cluster_id(data_dir: Path) -> str:
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / "cluster.id"
     if not path.exists():
-        # KRaft cluster ids are 16 random bytes in URL-safe base64 without padding.
+        # KRaft cluster ids are 16 random bytes in URL-safe base64 without padding; like
+        # Kafka's own Uuid, never one starting with "-", which the tools read as an option.
         import base64
 
-        path.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=") + "\n")
+        cluster_id = "-"
+        while cluster_id.startswith("-"):
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        path.write_text(cluster_id + "\n")
     return path.read_text().strip()
 
 
