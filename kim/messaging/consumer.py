@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -105,6 +105,14 @@ def member_partitions(member: int, members: int, partition_count: int) -> list[i
     return list(range(member, partition_count, members))
 
 
+def _ce_type(record: Any) -> bytes | None:
+    """The CloudEvents type from the record's Kafka-binding header, if it has one."""
+    for key, value in record.headers or ():
+        if key == "ce_type":
+            return value
+    return None
+
+
 def dead_letter_record(
     record: Any, reason: str, consumer_name: str
 ) -> KafkaRecord:
@@ -136,7 +144,9 @@ class TrackedConsumer(Generic[T]):
     * ``member=(i, n)``: partition numbers i, i+n, ... of every topic;
     * none of them: every partition of every topic.
 
-    ``event_key=None`` disables deduplication.
+    ``event_key=None`` disables deduplication. ``event_types`` (CloudEvents
+    types) skips records whose ``ce_type`` header names another type, without
+    decoding them; records without that header are decoded as usual.
     """
 
     def __init__(
@@ -158,6 +168,7 @@ class TrackedConsumer(Generic[T]):
         poll_timeout: float = 0.2,
         isolation_level: str = "read_committed",
         startup_timeout: float = 30.0,
+        event_types: Collection[str] | None = None,
     ) -> None:
         if sum(x is not None for x in (group_id, partitions, member)) > 1:
             raise ValueError("choose at most one of group_id, partitions, member")
@@ -178,6 +189,7 @@ class TrackedConsumer(Generic[T]):
         self.poll_timeout = poll_timeout
         self.isolation_level = isolation_level
         self.startup_timeout = startup_timeout
+        self.event_types = None if event_types is None else frozenset(t.encode() for t in event_types)
 
         self.applied = 0  # events handed to the handler and committed
         self.duplicates = 0
@@ -342,6 +354,10 @@ class TrackedConsumer(Generic[T]):
                 if record.offset < self._next[tp]:
                     continue
                 batch.advanced[tp] = self._next[tp] = record.offset + 1
+                if self.event_types is not None:
+                    event_type = _ce_type(record)
+                    if event_type is not None and event_type not in self.event_types:
+                        continue  # a type this consumer has no use for: not decoded, not kept
                 try:
                     event = self.decode(record.value)
                     key = self.event_key(event) if self.event_key is not None else None

@@ -97,7 +97,8 @@ class Referral:
             facts = ReferralStore.facts_of(tx, due)
             states = {s: compute(facts[s], self._rules, now) for s in due}
             ReferralStore.replace_persons(tx, states, now)
-            derived = [d for s, state in states.items() for d in derived_events(state, s)]
+            published = ReferralStore.outbox_ids(tx, due)
+            derived = [d for s, state in states.items() for d in derived_events(state, s) if d.event_id not in published]
             ReferralStore.add_to_outbox(tx, [(d, self._encode(d, now)) for d in derived])
             return len(due)
 

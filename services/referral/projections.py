@@ -55,6 +55,7 @@ SCHEMA = (
         event_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, subject TEXT NOT NULL, envelope TEXT NOT NULL,
         published INTEGER NOT NULL DEFAULT 0)""",
     "CREATE INDEX IF NOT EXISTS referral_outbox_unpublished ON referral_outbox (published, seq)",
+    "CREATE INDEX IF NOT EXISTS referral_outbox_subject ON referral_outbox (subject)",
 )
 
 # Stays below SQLite's limit of host parameters per statement.
@@ -194,6 +195,14 @@ class ReferralStore:
             params += list(partitions)
         tx.execute(sql + f" LIMIT {int(limit)}", params)
         return [row[0] for row in tx.fetchall()]
+
+    @staticmethod
+    def outbox_ids(tx: Transaction, subjects: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for chunk in _chunks(list(subjects)):
+            tx.execute(f"SELECT event_id FROM referral_outbox WHERE subject IN ({_marks(chunk)})", chunk)
+            found.update(row[0] for row in tx.fetchall())
+        return found
 
     @staticmethod
     def add_to_outbox(tx: Transaction, envelopes: Sequence[tuple[DerivedEvent, bytes]]) -> None:

@@ -763,3 +763,34 @@ def test_nothing_changes_before_next_deadline(facts: list[Fact], now: datetime) 
     later = state.next_deadline - timedelta(microseconds=1) if state.next_deadline is not None else LATE
 
     assert core(compute(facts, PROPERTY_RULES, now=later))[:-1] == core(state)[:-1]
+
+
+def test_derived_events_as_the_referral_service_encodes_them_fit_the_contract() -> None:
+    """The service writes derived envelopes without building models; the contract must accept them."""
+    import orjson
+
+    from contracts import validate
+    from services.referral.messaging import encode_derived
+
+    facts = [
+        Fact(("urn:kim:social_welfare_office:x", "1"), "P-C", "CaseOpenedByAgency", "social_welfare_office",
+             datetime(2026, 1, 5, tzinfo=timezone.utc), datetime(2026, 1, 5, tzinfo=timezone.utc),
+             {"area": "benefits", "legal_domain": "ASYLBLG"}),
+        Fact(("urn:kim:foreigners_office:x", "2"), "P-C", "ResidenceTitleGranted", "foreigners_office",
+             datetime(2026, 1, 10, tzinfo=timezone.utc), datetime(2026, 1, 10, tzinfo=timezone.utc),
+             {"title": "§ 25 Abs. 2 AufenthG", "category": "protection", "valid_until": None}),
+        Fact(("urn:kim:job_center:x", "3"), "P-C", "CaseOpenedByAgency", "job_center",
+             datetime(2026, 3, 1, tzinfo=timezone.utc), datetime(2026, 3, 1, tzinfo=timezone.utc),
+             {"area": "benefits", "legal_domain": "SGB_II"}),
+        Fact(("urn:kim:integration_center:x", "4"), "P-C", "CaseOpenedByAgency", "integration_center",
+             datetime(2026, 1, 5, tzinfo=timezone.utc), datetime(2026, 1, 5, tzinfo=timezone.utc),
+             {"area": "case_management", "legal_domain": "NONE"}),
+    ]
+    state = compute(facts, RulesConfig.from_toml("[rules.r3]\nafter = \"P1M\"\n"),
+                    now=datetime(2026, 6, 1, tzinfo=timezone.utc))
+    derived = derived_events(state, "P-C")
+    assert {d.type for d in derived} == {"HandoverExpected", "HandoverOverdue", "JurisdictionGapOpened",
+                                         "JurisdictionGapClosed", "ReviewDue"}
+    for event in derived:
+        result = validate(orjson.loads(encode_derived(event, datetime(2026, 6, 1, tzinfo=timezone.utc))))
+        assert not isinstance(result, list), (event.type, result)
