@@ -36,7 +36,10 @@ class AuthError(Exception):
 
 
 class TokenVerifier:
-    def __init__(self, settings: KimSettings) -> None:
+    def __init__(self, settings: KimSettings, jwks_refetch_cooldown_s: float = 10.0) -> None:
+        # An unknown `kid` refetches the JWKS (key rotation), at most once per cooldown,
+        # so that tokens with made-up key ids cannot make us hammer the issuer.
+        self._cooldown_s = jwks_refetch_cooldown_s
         self._secret = settings.auth_hs256_secret if not settings.oidc_issuer else None
         self._issuer = settings.oidc_issuer
         self._audience = settings.oidc_audience
@@ -54,8 +57,8 @@ class TokenVerifier:
 
                 discovery = f"{self._issuer.rstrip('/')}/.well-known/openid-configuration"
                 url = httpx.get(discovery, timeout=10).raise_for_status().json()["jwks_uri"]
-            # An unknown `kid` triggers a refetch, so rotated keys are picked up.
-            self._jwks = jwt.PyJWKClient(url, cache_keys=True, lifespan=300, cooldown_duration=10)
+            self._jwks = jwt.PyJWKClient(url, cache_keys=False, lifespan=300,
+                                         cooldown_duration=self._cooldown_s)
         return self._jwks
 
     def verify(self, token: str) -> Principal:
