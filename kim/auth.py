@@ -14,10 +14,10 @@ from typing import Annotated
 import jwt
 from fastapi import Depends, HTTPException, Request, status
 
+from contracts import Agency
 from kim.settings import KimSettings
 
-AGENCIES = frozenset({"integration_center", "job_center", "employment_agency", "foreigners_office",
-                      "youth_office", "social_welfare_office"})
+AGENCIES = frozenset(a.value for a in Agency)
 ROLES = frozenset({"agency_system", "case_manager", "auditor", "steering_group", "admin"})
 
 
