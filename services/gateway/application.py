@@ -15,8 +15,7 @@ from typing import Protocol
 
 import anyio
 
-from contracts import ValidatedEvent
-from services.gateway.domain import dedup_key
+from services.gateway.domain import Publishable
 
 
 class AcceptedEvents(Protocol):
@@ -24,13 +23,13 @@ class AcceptedEvents(Protocol):
 
     def known(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]: ...
 
-    def record(self, events: Sequence[ValidatedEvent]) -> None: ...
+    def record(self, events: Sequence[Publishable]) -> None: ...
 
 
 class Publisher(Protocol):
     """Publishes events in one Kafka transaction; raises `PublishFailed` if Kafka cannot take them."""
 
-    async def publish(self, events: Sequence[ValidatedEvent]) -> None: ...
+    async def publish(self, events: Sequence[Publishable]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -41,7 +40,7 @@ class Outcome:
 
 @dataclass
 class _Request:
-    events: list[ValidatedEvent]
+    events: list[Publishable]
     done: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -53,7 +52,7 @@ class AcceptEvents:
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._worker: asyncio.Task | None = None
 
-    async def __call__(self, events: list[ValidatedEvent]) -> Outcome:
+    async def __call__(self, events: list[Publishable]) -> Outcome:
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._run(), name="gateway-group-commit")
         request = _Request(events)
@@ -88,17 +87,16 @@ class AcceptEvents:
                     request.done.set_result(outcome)
 
     async def _commit(self, group: list[_Request]) -> list[Outcome]:
-        keys = [dedup_key(e) for request in group for e in request.events]
+        keys = [e.key for request in group for e in request.events]
         seen = await anyio.to_thread.run_sync(self._store.known, keys)
-        fresh: list[ValidatedEvent] = []
+        fresh: list[Publishable] = []
         outcomes: list[Outcome] = []
         for request in group:
             accepted = 0
             for event in request.events:
-                key = dedup_key(event)
-                if key in seen:
+                if event.key in seen:
                     continue
-                seen.add(key)  # a repeat later in the same group is a duplicate too
+                seen.add(event.key)  # a repeat later in the same group is a duplicate too
                 fresh.append(event)
                 accepted += 1
             outcomes.append(Outcome(accepted, len(request.events) - accepted))

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from contracts import ValidatedEvent, ValidationProblem, authorisation_problems, validate
 
 
@@ -31,8 +33,21 @@ class EventError:
 
 
 @dataclass(frozen=True)
+class Publishable:
+    """An event the caller may publish, with the envelope exactly as it was sent."""
+
+    event: ValidatedEvent
+    value: bytes
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """`(source, id)` identifies an event for ever (§2)."""
+        return self.event.source, self.event.id
+
+
+@dataclass(frozen=True)
 class Assessment:
-    events: list[ValidatedEvent]
+    events: list[Publishable]
     invalid: list[EventError]  # → 422
     forbidden: list[EventError]  # → 403
 
@@ -52,7 +67,7 @@ def assess(raw_events: list[Any], caller_agency: str) -> Assessment:
 
     Every event is checked, so the answer lists all that is wrong at once.
     """
-    events: list[ValidatedEvent] = []
+    events: list[Publishable] = []
     invalid: list[EventError] = []
     forbidden: list[EventError] = []
     for index, raw in enumerate(raw_events):
@@ -65,10 +80,6 @@ def assess(raw_events: list[Any], caller_agency: str) -> Assessment:
         if problems:
             forbidden.extend(_errors(index, result.id, problems))
         else:
-            events.append(result)
+            # Serialising what was sent is cheaper than the model, and keeps it as published.
+            events.append(Publishable(result, orjson.dumps(raw)))
     return Assessment(events, invalid, forbidden)
-
-
-def dedup_key(event: ValidatedEvent) -> tuple[str, str]:
-    """`(source, id)` identifies an event for ever (§2)."""
-    return event.source, event.id

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timezone
 
-from contracts import ValidatedEvent
 from kim.storage import Database
+from services.gateway.domain import Publishable
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS gateway_accepted_events (
@@ -44,11 +44,11 @@ class SqlAcceptedEvents:
                     found.update((source, row[0]) for row in tx.fetchall())
         return found
 
-    def record(self, events: Sequence[ValidatedEvent]) -> None:
+    def record(self, events: Sequence[Publishable]) -> None:
         now = datetime.now(timezone.utc).isoformat()
         with self._db.transaction() as tx:
             tx.executemany(
                 "INSERT INTO gateway_accepted_events (source, id, type, subject, accepted_at) "
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT (source, id) DO NOTHING",
-                [(e.source, e.id, e.type, e.subject, now) for e in events],
+                [(e.event.source, e.event.id, e.event.type, e.event.subject, now) for e in events],
             )
