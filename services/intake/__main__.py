@@ -1,5 +1,5 @@
 from kim.service import run_service
-from kim.settings import KimSettings
 from services.intake.bootstrap import create_app
+from services.intake.settings import IntakeSettings
 
-run_service("intake", create_app, KimSettings)
+run_service("intake", create_app, IntakeSettings)

@@ -2,17 +2,87 @@
 
 from __future__ import annotations
 
+import asyncio
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
+from kim.auth import TokenVerifier
+from kim.consent import CONSENT_SCHEMA
+from kim.messaging import EventProducer
 from kim.service import add_health_routes, kafka_reachable
-from kim.settings import KimSettings
+from kim.storage import Database, eventsourcing_env
+from services.intake import store
+from services.intake.api import add_error_handlers, router
+from services.intake.application import Intake, PersonEvents
+from services.intake.crypto import KeyRing, load_or_create_master_key
+from services.intake.messaging import consent_consumer, outbox_relays
+from services.intake.settings import IntakeSettings
+
+DESCRIPTION = """\
+Intake holds the personal data of the persons supported — names, birth date,
+contact, notes — encrypted with a key of each person's own, and publishes only
+pseudonymous events (`PersonRegistered`, consents, profiles). Reads are limited by
+the person's consents and written to an append-only access log; erasure destroys
+the person's key (crypto-shredding).
+"""
 
 
-def create_app(settings: KimSettings) -> FastAPI:
-    app = FastAPI(
-        title="KIM intake",
-        description="Intake: personal data of the persons supported, encrypted per person, with consent and erasure.",
-        version="1",
-    )
-    add_health_routes(app, "intake", [kafka_reachable(settings.bootstrap)])
+def open_key_ring(settings: IntakeSettings, db: Database) -> KeyRing:
+    configured = settings.intake_master_key.get_secret_value() if settings.intake_master_key else None
+    keys = KeyRing(load_or_create_master_key(configured, settings.data_dir / "keys" / "intake-master.key"))
+    with db.transaction() as tx:
+        if not store.IntakeStore.check_master_key(tx, keys.check_value):
+            raise RuntimeError("the intake master key is not the one this store was written with; set "
+                               "KIM_INTAKE_MASTER_KEY to that key")
+    return keys
+
+
+def create_app(settings: IntakeSettings) -> FastAPI:
+    verifier = TokenVerifier(settings)  # fails at start-up when no token issuer is configured
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        (settings.data_dir / "stores").mkdir(parents=True, exist_ok=True)
+        url = settings.store_url("intake")
+        db = Database.from_url(url)
+        db.ensure_schema(CONSENT_SCHEMA + store.schema(db.dialect))
+        keys = open_key_ring(settings, db)
+        events = PersonEvents(env=eventsourcing_env(url))
+        producer = EventProducer(settings.bootstrap, client_id="kim-intake")
+        relays = outbox_relays(events, producer, db)
+        loop = asyncio.get_running_loop()
+
+        def wake_relays() -> None:  # called from request threads
+            for relay in relays:
+                loop.call_soon_threadsafe(relay.wake)
+
+        consumer = consent_consumer(db, settings.bootstrap, settings.intake_group)
+        app.state.token_verifier = verifier
+        app.state.intake = Intake(events, db, keys, on_saved=wake_relays)
+        app.state.consumer = consumer
+        tasks = [asyncio.create_task(consumer.run(), name="intake-consents"),
+                 *(asyncio.create_task(relay.run(), name=f"outbox-{relay.name}") for relay in relays)]
+        try:
+            yield
+        finally:
+            consumer.stop()
+            for relay in relays:
+                relay.stop()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await producer.stop()
+            events.close()
+            db.close()
+
+    app = FastAPI(title="KIM intake", version="1", description=DESCRIPTION, lifespan=lifespan)
+    app.include_router(router)
+    add_error_handlers(app)
+
+    async def caught_up() -> str | None:
+        consumer = getattr(app.state, "consumer", None)
+        if consumer is None or not consumer.caught_up():
+            return "still consuming the consents on the agency topics"
+        return None
+
+    add_health_routes(app, "intake", [kafka_reachable(settings.bootstrap), caught_up])
     return app
