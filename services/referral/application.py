@@ -11,7 +11,7 @@ from contracts import ValidatedEvent
 from kim.auth import Principal
 from kim.messaging import ConsumedEvent
 from kim.storage import Database, Transaction
-from services.referral.domain import Fact, PersonState, compute, derived_events
+from services.referral.domain import Fact, PersonState, compute, derived_events, retractions
 from services.referral.projections import RELEVANT_EVENTS, ReferralStore
 from services.referral.rules import RulesConfig
 
@@ -98,7 +98,13 @@ class Referral:
             states = {s: compute(facts[s], self._rules, now) for s in due}
             ReferralStore.replace_persons(tx, states, now)
             published = ReferralStore.outbox_ids(tx, due)
+            opened = ReferralStore.opened_gaps(tx, due)
             derived = [d for s, state in states.items() for d in derived_events(state, s) if d.event_id not in published]
+            closed = {d.event_id for d in derived} | published
+            for subject, gaps in opened.items():
+                derived += retractions(states[subject], subject, gaps,
+                                       {gap_id for gap_id in gaps
+                                        if f"JurisdictionGapClosed:{subject}:{gap_id}" in closed})
             ReferralStore.add_to_outbox(tx, [(d, self._encode(d, now)) for d in derived])
             return len(due)
 

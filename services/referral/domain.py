@@ -739,6 +739,26 @@ def derived_events(state: PersonState, subject: str) -> list[DerivedEvent]:
     return sorted(events, key=lambda e: (e.time, order[e.type], e.event_id))
 
 
+def retractions(state: PersonState, subject: str, opened: Mapping[str, Mapping[str, Any]],
+                closed: set[str]) -> list[DerivedEvent]:
+    """Closures for gaps announced earlier that late-arriving facts have undone.
+
+    `opened` maps the gap ids of the JurisdictionGapOpened events published for
+    this person to their data; `closed` holds the gap ids already closed. A gap
+    that no longer exists is closed with `until` equal to `since` (it never had a
+    duration) and no `closed_by`, so that every opened gap is closed once.
+    """
+    current = {gap.gap_id for gap in state.gaps}
+    events = []
+    for gap_id, data in sorted(opened.items()):
+        if gap_id in current or gap_id in closed:
+            continue
+        since = _instant(data["since"])
+        events.append(DerivedEvent(f"JurisdictionGapClosed:{subject}:{gap_id}", "JurisdictionGapClosed", subject,
+                                   since, {**data, "until": data["since"], "closed_by": None}))
+    return events
+
+
 def rfc3339(instant: datetime) -> str:
     """An aware datetime as RFC 3339 in UTC with `Z`, as the interface writes times."""
     return instant.astimezone(timezone.utc).isoformat().removesuffix("+00:00") + "Z"

@@ -205,6 +205,18 @@ class ReferralStore:
         return found
 
     @staticmethod
+    def opened_gaps(tx: Transaction, subjects: Sequence[str]) -> dict[str, dict[str, dict]]:
+        """Per subject: gap id → data of the JurisdictionGapOpened events in the outbox."""
+        found: dict[str, dict[str, dict]] = {}
+        for chunk in _chunks(list(subjects)):
+            tx.execute(f"SELECT subject, envelope FROM referral_outbox WHERE subject IN ({_marks(chunk)}) "
+                       "AND event_id LIKE 'JurisdictionGapOpened:%'", chunk)
+            for subject, envelope in tx.fetchall():
+                data = orjson.loads(envelope)["data"]
+                found.setdefault(subject, {})[data["gap_id"]] = data
+        return found
+
+    @staticmethod
     def add_to_outbox(tx: Transaction, envelopes: Sequence[tuple[DerivedEvent, bytes]]) -> None:
         if not envelopes:
             return

@@ -794,3 +794,37 @@ def test_derived_events_as_the_referral_service_encodes_them_fit_the_contract() 
     for event in derived:
         result = validate(orjson.loads(encode_derived(event, datetime(2026, 6, 1, tzinfo=timezone.utc))))
         assert not isinstance(result, list), (event.type, result)
+
+
+def test_a_gap_undone_by_late_facts_is_retracted_once() -> None:
+    from services.referral.domain import retractions
+
+    def fact(n: int, agency: str, name: str, day: int, data: dict) -> Fact:
+        at = datetime(2026, 1, day, tzinfo=timezone.utc)
+        return Fact((f"urn:kim:{agency}:x", str(n)), "P-R", name, agency, at, at, data)
+
+    opened_then = [fact(1, "integration_center", "CaseOpenedByAgency", 2, {"area": "labour_market", "legal_domain": "NONE"}),
+                   fact(2, "integration_center", "CaseClosedByAgency", 20, {"area": "labour_market", "reason": "not_competent"})]
+    now = datetime(2026, 6, 1, tzinfo=timezone.utc)
+    before = compute(opened_then, RulesConfig(), now)
+    announced = {e.data["gap_id"]: e.data for e in derived_events(before, "P-R") if e.type == "JurisdictionGapOpened"}
+    assert len(announced) == 1
+    # learnt later: the area had passed to the Agentur für Arbeit before the closure
+    late = [fact(3, "integration_center", "HandedOverToAgency", 10, {"handover_id": "h", "area": "labour_market",
+                                                                     "to_agency": "employment_agency",
+                                                                     "to_legal_domain": "SGB_III", "reason": "B1"}),
+            fact(4, "employment_agency", "HandoverAccepted", 12, {"handover_id": "h"})]
+    after = compute(opened_then + late, RulesConfig(), now)
+    assert after.gaps == []
+    [closure] = retractions(after, "P-R", announced, closed=set())
+    gap_id, data = next(iter(announced.items()))
+    assert closure.type == "JurisdictionGapClosed" and closure.data["gap_id"] == gap_id
+    assert closure.data["until"] == closure.data["since"] == data["since"]
+    import orjson
+
+    from contracts import validate
+    from services.referral.messaging import encode_derived
+
+    assert not isinstance(validate(orjson.loads(encode_derived(closure, now))), list)
+    assert retractions(after, "P-R", announced, closed={gap_id}) == []
+    assert retractions(before, "P-R", announced, closed=set()) == []
