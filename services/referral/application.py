@@ -11,7 +11,7 @@ from contracts import ValidatedEvent
 from kim.auth import Principal
 from kim.messaging import ConsumedEvent
 from kim.storage import Database, Transaction
-from services.referral.domain import Fact, PersonState, compute, derived_events, retractions
+from services.referral.domain import PersonState, compute, derived_events, retractions
 from services.referral.projections import RELEVANT_EVENTS, ReferralStore
 from services.referral.rules import RulesConfig
 
@@ -22,12 +22,6 @@ DerivedEncoder = Callable[..., bytes]
 
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def fact_of(event: ValidatedEvent) -> Fact:
-    envelope = event.envelope
-    return Fact((envelope.source, envelope.id), envelope.subject, event.event_name, envelope.agency.value,
-                envelope.effective_time, envelope.recorded_time, envelope.data)
 
 
 # ---- who may see what (§6) ----------------------------------------------------------
@@ -82,7 +76,7 @@ class Referral:
         relevant = [e for e in events if e.event.event_name in RELEVANT_EVENTS]
         if not relevant:
             return
-        ReferralStore.add_facts(tx, [fact_of(e.event) for e in relevant])
+        ReferralStore.add_facts(tx, [e.event for e in relevant])
         ReferralStore.mark_stale(tx, {e.event.subject: e.partition for e in relevant})
         self._on_stale()
 

@@ -123,13 +123,13 @@ def fact_from_envelope(envelope: Mapping[str, Any]) -> Fact:
         subject=str(envelope["subject"]),
         event_name=type_parts[2],
         agency=parts[2],
-        time=_instant(envelope["time"]),
-        recorded_time=_instant(envelope["recordedtime"]),
+        time=instant(envelope["time"]),
+        recorded_time=instant(envelope["recordedtime"]),
         data=dict(envelope.get("data") or {}),
     )
 
 
-def _instant(value: Any) -> datetime:
+def instant(value: Any) -> datetime:
     if isinstance(value, datetime):
         moment = value
     else:
@@ -753,7 +753,7 @@ def retractions(state: PersonState, subject: str, opened: Mapping[str, Mapping[s
     for gap_id, data in sorted(opened.items()):
         if gap_id in current or gap_id in closed:
             continue
-        since = _instant(data["since"])
+        since = instant(data["since"])
         events.append(DerivedEvent(f"JurisdictionGapClosed:{subject}:{gap_id}", "JurisdictionGapClosed", subject,
                                    since, {**data, "until": data["since"], "closed_by": None}))
     return events

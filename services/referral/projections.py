@@ -14,8 +14,9 @@ from datetime import datetime, timezone
 
 import orjson
 
+from contracts import ValidatedEvent
 from kim.storage import Transaction
-from services.referral.domain import DerivedEvent, Fact, PersonState, rfc3339
+from services.referral.domain import DerivedEvent, Fact, PersonState, instant, rfc3339
 
 # Only these event types change responsibility; the fold ignores all others.
 RELEVANT_EVENTS = frozenset({
@@ -24,11 +25,12 @@ RELEVANT_EVENTS = frozenset({
 })
 
 SCHEMA = (
+    # Keyed by subject first: one index serves both the dedup and the per-person reads
+    # ((source, id) never names two persons: the gateway dedups on it for ever).
     """CREATE TABLE IF NOT EXISTS referral_facts (
-        source TEXT NOT NULL, id TEXT NOT NULL, subject TEXT NOT NULL, event_name TEXT NOT NULL,
+        subject TEXT NOT NULL, source TEXT NOT NULL, id TEXT NOT NULL, event_name TEXT NOT NULL,
         agency TEXT NOT NULL, time TEXT NOT NULL, recorded_time TEXT NOT NULL, data TEXT NOT NULL,
-        PRIMARY KEY (source, id))""",
-    "CREATE INDEX IF NOT EXISTS referral_facts_subject ON referral_facts (subject)",
+        PRIMARY KEY (subject, source, id))""",
     # `stale`: facts arrived since the last computation; `next_deadline`: when time alone changes the state.
     """CREATE TABLE IF NOT EXISTS referral_persons (
         subject TEXT PRIMARY KEY, partition INTEGER NOT NULL, stale INTEGER NOT NULL, next_deadline TEXT,
@@ -112,26 +114,28 @@ def person_rows(subject: str, state: PersonState) -> PersonRows:
     )
 
 
-def fact_row(fact: Fact) -> tuple:
-    return (fact.event_id[0], fact.event_id[1], fact.subject, fact.event_name, fact.agency,
-            fact.time.isoformat(), fact.recorded_time.isoformat(), orjson.dumps(dict(fact.data)).decode())
+def fact_row(event: ValidatedEvent) -> tuple:
+    """The stored form of a fact: times kept as the producer wrote them (parsed on loading),
+    so that the hot path of a catch-up parses no dates."""
+    envelope = event.envelope
+    return (envelope.source, envelope.id, envelope.subject, event.event_name, envelope.source.split(":")[2],
+            envelope.time, envelope.recordedtime, orjson.dumps(envelope.data).decode())
 
 
 def _fact(row: tuple) -> Fact:
     source, event_id, subject, event_name, agency, time, recorded, data = row
-    return Fact((source, event_id), subject, event_name, agency, datetime.fromisoformat(time),
-                datetime.fromisoformat(recorded), orjson.loads(data))
+    return Fact((source, event_id), subject, event_name, agency, instant(time), instant(recorded), orjson.loads(data))
 
 
 class ReferralStore:
     """SQL side of the read models; every method runs inside a caller's transaction."""
 
     @staticmethod
-    def add_facts(tx: Transaction, facts: Sequence[Fact]) -> None:
+    def add_facts(tx: Transaction, events: Sequence[ValidatedEvent]) -> None:
         tx.executemany(
             "INSERT INTO referral_facts (source, id, subject, event_name, agency, time, recorded_time, data) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (source, id) DO NOTHING",
-            [fact_row(f) for f in facts],
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (subject, source, id) DO NOTHING",
+            [fact_row(e) for e in events],
         )
 
     @staticmethod

@@ -76,7 +76,7 @@ def publish(gateway: TestClient, events: list[dict]) -> None:
             assert response.status_code == 202, response.text
 
 
-def gap_free_person(subject: str) -> list[dict]:
+def gapped_person(subject: str) -> list[dict]:
     """An area closed as not competent: an open gap the new owner must show."""
     def event(n: int, name: str, time: str, data: dict) -> dict:
         return {"specversion": "1.0", "id": f"{subject}-{n}", "source": "urn:kim:integration_center:test",
@@ -97,7 +97,9 @@ def subjects_on_every_partition() -> list[str]:
 @pytest.mark.slow
 def test_two_instances_equal_one_and_a_survivor_takes_over(kafka_bootstrap, fresh_database_url, tmp_path):
     create_topics(kafka_bootstrap, ALL_TOPICS, partitions=PARTITIONS)
+    # a small district, plus persons with a gap for sure (a district of 40 may have none)
     events = generate_district(40, 1.0, seed=int.from_bytes(os.urandom(2), "big"))
+    events += [e for s in subjects_on_every_partition() for e in gapped_person(s)]
     subjects = sorted({e["subject"] for e in events})
     base = {k: v for k, v in os.environ.items() if not k.startswith("KIM_")}
     base.update(KIM_KAFKA_BOOTSTRAP=kafka_bootstrap, KIM_AUTH_HS256_SECRET=SECRET, KIM_REFERRAL_TICK_S="0.2")
@@ -131,7 +133,7 @@ def test_two_instances_equal_one_and_a_survivor_takes_over(kafka_bootstrap, fres
             pair[0].process.send_signal(signal.SIGKILL)
             pair[0].process.wait()
             newcomers = subjects_on_every_partition()
-            publish(client, [e for s in newcomers for e in gap_free_person(s)])
+            publish(client, [e for s in newcomers for e in gapped_person(s)])
 
             def survivor_sees_all() -> bool:
                 gaps = {g["subject"] for g in pair[1].get("/v1/gaps", status="open").json()}
