@@ -3,7 +3,9 @@
 At-least-once: a batch of notifications is published and acknowledged before
 the relay position moves past it, so a crash in between republishes the
 batch. Event ids are derived from (originator id, version), so a republished
-event carries the same id and tracked consumers drop it.
+event carries the same id and tracked consumers drop it. The relayed events
+carry the hash chain of the producer, or the one named by ``chain`` (see
+`kim.messaging.chain`).
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ class OutboxRelay:
 
     The relay position lives in ``positions`` (normally the application's
     own database) under ``name``; ``name`` is also the namespace of the
-    derived event ids, so keep it stable.
+    derived event ids, so keep it stable. ``chain`` names the hash chain of the
+    relayed events (stable across restarts, one relay only); default: the
+    producer's chain.
     """
 
     def __init__(
@@ -64,8 +68,10 @@ class OutboxRelay:
         batch_size: int = 500,
         poll_interval: float = 0.1,
         retry_interval: float = 1.0,
+        chain: str | None = None,
     ) -> None:
         self.name = name
+        self.chain = chain
         self.application = application
         self.topic = topic
         self.mapper = mapper
@@ -96,7 +102,10 @@ class OutboxRelay:
         if not notifications:
             return 0
         last_id, envelopes = notifications[-1][0], [e for _, e in notifications if e is not None]
-        await self.producer.send_batch(self.topic, envelopes)
+        if self.chain is None:
+            await self.producer.send_batch(self.topic, envelopes)
+        else:
+            await self.producer.send_batch(self.topic, envelopes, chain=self.chain)
         await asyncio.to_thread(self._store_position, last_id)
         self._position = last_id
         return len(notifications)

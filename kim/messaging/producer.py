@@ -11,6 +11,8 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from kim.messaging.chain import ChainLinker, is_chained_topic, partition_for, recover_heads
+
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/cloudevents+json"
@@ -49,10 +51,11 @@ def encode_event(envelope: Mapping[str, Any]) -> KafkaRecord:
 
 
 Item = tuple[str, KafkaRecord]  # (topic, record)
+_Chained = tuple[str, KafkaRecord, str | None]  # (topic, record, chain name or None)
 
 
 class _Pending(NamedTuple):
-    items: Sequence[Item]
+    items: Sequence[_Chained]
     deadline: float
     done: asyncio.Future[None]
 
@@ -82,6 +85,15 @@ class EventProducer:
 
     The Kafka client is started lazily and replaced after a failure, so a
     service can start before the broker and recover when it comes back.
+
+    Records on event topics (`*.events`) are stamped with a hash chain (see
+    `kim.messaging.chain`) named ``chain``: by default the transactional id or
+    else the client id, which must therefore be stable across restarts and
+    unique among running producers; ``chain=False`` (or no name at all)
+    publishes records unchanged. A ``send_*`` call may name another chain for
+    its records. Chains continue after a restart from the tail of the topic;
+    after a failed send the heads of its partitions are read again, so an
+    aborted transaction leaves no hole in a chain.
     """
 
     def __init__(
@@ -93,10 +105,12 @@ class EventProducer:
         client_id: str | None = None,
         linger_ms: int = 2,
         max_batch_size: int = 512 * 1024,
+        chain: str | bool = True,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.timeout = timeout
         self.transactional_id = transactional_id
+        self.chain = chain if isinstance(chain, str) else ((transactional_id or client_id) if chain else None)
         self._client_id = client_id
         self._linger_ms = linger_ms
         self._max_batch_size = max_batch_size
@@ -105,6 +119,11 @@ class EventProducer:
         # Transactional mode: calls wait here for the next group commit.
         self._queue: list[_Pending] = []
         self._committer: asyncio.Task[None] | None = None
+        self._linker = ChainLinker()
+        # Links must follow the order of the records in each partition, so
+        # stamping and handing records to the client happen under one lock.
+        self._enqueue_lock = asyncio.Lock()
+        self._partition_counts: dict[str, int] = {}
 
     async def __aenter__(self) -> EventProducer:
         await self.start()
@@ -127,24 +146,32 @@ class EventProducer:
         if producer is not None:
             await producer.stop()
 
-    async def send_batch(self, topic: str, envelopes: Sequence[Mapping[str, Any]]) -> None:
-        await self.send_records(topic, [encode_event(e) for e in envelopes])
+    async def send_batch(self, topic: str, envelopes: Sequence[Mapping[str, Any]], *,
+                         chain: str | None = None) -> None:
+        await self.send_records(topic, [encode_event(e) for e in envelopes], chain=chain)
 
-    async def send_records(self, topic: str, records: Sequence[KafkaRecord]) -> None:
-        await self.send_many([(topic, r) for r in records])
+    async def send_records(self, topic: str, records: Sequence[KafkaRecord], *, chain: str | None = None) -> None:
+        await self.send_many([(topic, r) for r in records], chain=chain)
 
-    async def send_many(self, items: Sequence[Item]) -> None:
-        """Records for several topics, acknowledged (or failed) together."""
+    async def send_many(self, items: Sequence[Item], *, chain: str | None = None) -> None:
+        """Records for several topics, acknowledged (or failed) together.
+
+        ``chain`` names the hash chain of these records instead of the producer's.
+        """
         if not items:
             return
+        name = chain or self.chain
+        chained = [(topic, r, name if name and is_chained_topic(topic) else None) for topic, r in items]
         if self.transactional_id is not None:
-            await self._send_in_group(items)
+            await self._send_in_group(chained)
             return
         try:
-            await asyncio.wait_for(self._send(items), self.timeout)
+            await asyncio.wait_for(self._send(chained), self.timeout)
         except (KafkaError, TimeoutError, OSError) as exc:
-            if not isinstance(exc, TimeoutError):
-                await self._discard()  # a broken client must not be reused
+            # A broken client must not be reused; a chained record whose fate
+            # is unknown must not arrive after its chain was read back.
+            if not isinstance(exc, TimeoutError) or any(c for _, _, c in chained):
+                await self._discard()
             raise self._failure(len(items), exc) from exc
 
     def _failure(self, count: int, exc: BaseException) -> PublishFailed:
@@ -152,7 +179,7 @@ class EventProducer:
             f"Kafka did not acknowledge {count} record(s) within {self.timeout}s: {exc!r}"
         )
 
-    async def _send_in_group(self, items: Sequence[Item]) -> None:
+    async def _send_in_group(self, items: Sequence[_Chained]) -> None:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         self._queue.append(_Pending(items, loop.time() + self.timeout, done))
@@ -216,19 +243,52 @@ class EventProducer:
                 self._producer = producer
             return self._producer
 
-    async def _send(self, items: Sequence[Item]) -> None:
+    async def _send(self, items: Sequence[_Chained]) -> None:
         producer = await self._ensure_started()
-        futures = [
-            await producer.send(topic, value=r.value, key=r.key, headers=r.headers)
-            for topic, r in items
-        ]
-        await asyncio.gather(*futures)
+        futures = []
+        try:
+            async with self._enqueue_lock:
+                for topic, r, chain in items:
+                    if chain is None:
+                        futures.append(await producer.send(topic, value=r.value, key=r.key, headers=r.headers))
+                        continue
+                    partition = await self._partition(producer, topic, r.key)
+                    if not self._linker.has_head(chain, topic, partition):
+                        await self._load_heads(producer, chain, topic)
+                    value = self._linker.stamp(chain, topic, partition, r.value or b"")
+                    futures.append(await producer.send(topic, value=value, key=r.key, partition=partition,
+                                                       headers=r.headers))
+            await asyncio.gather(*futures)
+        except BaseException:
+            # Whether these links reached Kafka is unknown: read the heads back before the next stamp.
+            self._linker.forget({(c, t, self._partition_of(t, r.key)) for t, r, c in items if c is not None})
+            raise
+
+    async def _partition(self, producer: AIOKafkaProducer, topic: str, key: bytes | None) -> int:
+        if topic not in self._partition_counts:
+            self._partition_counts[topic] = len(await producer.partitions_for(topic))
+        return self._partition_of(topic, key)
+
+    def _partition_of(self, topic: str, key: bytes | None) -> int:
+        count = self._partition_counts.get(topic)
+        return partition_for(key or b"", count) if count else 0
+
+    async def _load_heads(self, producer: AIOKafkaProducer, chain: str, topic: str) -> None:
+        partitions = sorted(await producer.partitions_for(topic))
+        missing = [p for p in partitions if not self._linker.has_head(chain, topic, p)]
+        for partition, head in (await recover_heads(self.bootstrap_servers, chain, topic, missing)).items():
+            self._linker.set_head(chain, topic, partition, head)
 
     async def _send_in_transaction(self, group: Sequence[_Pending]) -> None:
         producer = await self._ensure_started()
         await producer.begin_transaction()
-        await self._send([item for pending in group for item in pending.items])
-        await producer.commit_transaction()
+        items = [item for pending in group for item in pending.items]
+        await self._send(items)
+        try:
+            await producer.commit_transaction()
+        except BaseException:
+            self._linker.forget({(c, t, self._partition_of(t, r.key)) for t, r, c in items if c is not None})
+            raise
 
     async def _abort_and_discard(self) -> None:
         # Abort now: an open transaction holds back read_committed consumers of

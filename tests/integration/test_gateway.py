@@ -13,6 +13,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from kim.auth import issue_dev_token
 from kim.infra.kafka import create_topics, free_port
+from kim.messaging.chain import CHAIN_ATTRIBUTES
 from kim.topics import ALL_TOPICS
 from services.gateway.bootstrap import create_app
 from services.gateway.settings import GatewaySettings
@@ -76,7 +77,9 @@ def test_one_event_is_published_on_the_agency_topic_keyed_by_subject(gateway, ka
     assert response.status_code == 202, response.text
     assert response.json() == {"accepted": 1, "duplicates": 0}
     published = committed_events(kafka_bootstrap, "kim.integration_center.events", subject)
-    assert published == [event]
+    # as sent, plus the gateway's hash-chain link
+    assert [{k: v for k, v in e.items() if k not in CHAIN_ATTRIBUTES} for e in published] == [event]
+    assert all(set(CHAIN_ATTRIBUTES) <= set(e) for e in published)
 
 
 def test_a_batch_is_accepted_and_repeats_are_duplicates_for_ever(tmp_path, kafka_bootstrap, topics):
