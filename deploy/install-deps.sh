@@ -10,6 +10,8 @@ command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || need+=(maven)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v runuser >/dev/null 2>&1 || need+=(util-linux)
+{ command -v chromium && command -v chromedriver && [ -e /usr/lib/chromium/locales/de.pak ]; } >/dev/null 2>&1 \
+  || need+=(chromium chromium-driver chromium-l10n)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""

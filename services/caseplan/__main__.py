@@ -1,5 +1,5 @@
 from kim.service import run_service
-from kim.settings import KimSettings
 from services.caseplan.bootstrap import create_app
+from services.caseplan.settings import CaseplanSettings
 
-run_service("caseplan", create_app, KimSettings)
+run_service("caseplan", create_app, CaseplanSettings)
