@@ -23,6 +23,7 @@ COMMANDS = {
     "topics": ("kim.commands.topics", "create the kim.* topics on KIM_KAFKA_BOOTSTRAP"),
     "token": ("kim.commands.token", "print a development token (KIM_AUTH_HS256_SECRET or kim up's own)"),
     "bench": ("kim.bench", "benchmarks that print numbers"),
+    "audit": ("kim.audit.command", "auditors: replay the history, verify the hash chains, read the access log"),
 }
 
 

@@ -1,5 +1,7 @@
 from kim.service import run_service
-from kim.settings import KimSettings
 from services.reporting.bootstrap import create_app
+from services.reporting.messaging import fewer_collections
+from services.reporting.settings import ReportingSettings
 
-run_service("reporting", create_app, KimSettings)
+fewer_collections()
+run_service("reporting", create_app, ReportingSettings)
