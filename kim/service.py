@@ -30,6 +30,19 @@ def kafka_reachable(bootstrap: str) -> ReadinessCheck:
     return check
 
 
+def consumer_caught_up(app: FastAPI, what: str) -> ReadinessCheck:
+    """Ready once `app.state.consumer` (a TrackedConsumer) has consumed up to the end
+    offsets that existed when it got its partitions."""
+
+    async def check() -> str | None:
+        consumer = getattr(app.state, "consumer", None)
+        if consumer is None or not consumer.caught_up():
+            return f"still consuming {what}"
+        return None
+
+    return check
+
+
 def add_health_routes(app: FastAPI, service: str, checks: list[ReadinessCheck]) -> None:
     @app.get("/healthz", tags=["operations"], summary="Liveness")
     async def healthz() -> dict:

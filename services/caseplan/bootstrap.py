@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from kim.auth import TokenVerifier
 from kim.messaging import EventProducer
-from kim.service import add_health_routes, kafka_reachable
+from kim.service import add_health_routes, consumer_caught_up, kafka_reachable
 from kim.storage import Database, eventsourcing_env
 from services.caseplan import api, login, web
 from services.caseplan.application import CasePlans, CasePlanService, Forbidden
@@ -87,13 +87,8 @@ def create_app(settings: CaseplanSettings) -> FastAPI:
     app.include_router(web.router)
     _add_error_handlers(app)
 
-    async def caught_up() -> str | None:
-        consumer = getattr(app.state, "consumer", None)
-        if consumer is None or not consumer.caught_up():
-            return "still consuming the agency topics"
-        return None
-
-    add_health_routes(app, "caseplan", [kafka_reachable(settings.bootstrap), caught_up])
+    add_health_routes(app, "caseplan", [kafka_reachable(settings.bootstrap),
+                                      consumer_caught_up(app, "the agency topics")])
     return app
 
 

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from kim.auth import TokenVerifier
 from kim.consent import CONSENT_SCHEMA
 from kim.messaging import EventProducer
-from kim.service import add_health_routes, kafka_reachable
+from kim.service import add_health_routes, consumer_caught_up, kafka_reachable
 from kim.storage import Database, eventsourcing_env
 from services.intake import store
 from services.intake.api import add_error_handlers, router
@@ -78,11 +78,6 @@ def create_app(settings: IntakeSettings) -> FastAPI:
     app.include_router(router)
     add_error_handlers(app)
 
-    async def caught_up() -> str | None:
-        consumer = getattr(app.state, "consumer", None)
-        if consumer is None or not consumer.caught_up():
-            return "still consuming the consents on the agency topics"
-        return None
-
-    add_health_routes(app, "intake", [kafka_reachable(settings.bootstrap), caught_up])
+    add_health_routes(app, "intake", [kafka_reachable(settings.bootstrap),
+                                      consumer_caught_up(app, "the consents on the agency topics")])
     return app
