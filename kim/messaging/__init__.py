@@ -9,7 +9,7 @@ from kim.messaging.consumer import (
     envelope_key,
     member_partitions,
 )
-from kim.messaging.outbox import OutboxRelay, derive_event_id
+from kim.messaging.outbox import OutboxRelay, RelayGroup, derive_event_id
 from kim.messaging.producer import (
     EventProducer,
     KafkaRecord,
@@ -26,6 +26,7 @@ __all__ = [
     "InvalidEvent",
     "KafkaRecord",
     "OutboxRelay",
+    "RelayGroup",
     "PublishFailed",
     "TrackedConsumer",
     "decode_envelope",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from uuid import UUID, uuid5
 
@@ -157,3 +157,25 @@ class OutboxRelay:
                 f"WHERE {POSITIONS_TABLE}.notification_id < excluded.notification_id",
                 [self.name, notification_id],
             )
+
+
+class RelayGroup:
+    """A service's relays, run as tasks, woken from any thread, stopped together."""
+
+    def __init__(self, relays: Sequence[OutboxRelay]) -> None:
+        self.relays = list(relays)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> list[asyncio.Task[None]]:
+        self._loop = asyncio.get_running_loop()
+        return [asyncio.create_task(relay.run(), name=f"outbox-{relay.name}") for relay in self.relays]
+
+    def wake(self) -> None:
+        """Publish soon; safe from the worker threads that run the use cases."""
+        assert self._loop is not None, "start() first"
+        for relay in self.relays:
+            self._loop.call_soon_threadsafe(relay.wake)
+
+    def stop(self) -> None:
+        for relay in self.relays:
+            relay.stop()

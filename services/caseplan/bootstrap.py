@@ -17,7 +17,7 @@ from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 
 from kim.auth import TokenVerifier
-from kim.messaging import EventProducer
+from kim.messaging import EventProducer, RelayGroup
 from kim.service import add_health_routes, consumer_caught_up, kafka_reachable
 from kim.storage import Database, eventsourcing_env
 from services.caseplan import api, login, web
@@ -50,29 +50,23 @@ def create_app(settings: CaseplanSettings) -> FastAPI:
         plans = CasePlans(env=eventsourcing_env(url))
         producer = EventProducer(settings.bootstrap, client_id="kim-caseplan")
         consumer = timeline_consumer(db, settings.bootstrap, settings.caseplan_group)
-        relays = plan_relays(plans, producer, db)
+        relays = RelayGroup(plan_relays(plans, producer, db))
         http = httpx.AsyncClient(timeout=10.0)
         app.state.settings = settings
         app.state.token_verifier = verifier
-        loop = asyncio.get_running_loop()
 
-        def wake_relays() -> None:  # called from request threads
-            for relay in relays:
-                loop.call_soon_threadsafe(relay.wake)
-
-        app.state.service = CasePlanService(plans, db, on_saved=wake_relays)
+        app.state.service = CasePlanService(plans, db, on_saved=relays.wake)
         app.state.consumer = consumer
         app.state.http = http
         app.state.intake = Peer("intake", settings.intake_url, http)
         app.state.referral = Peer("referral", settings.referral_url, http)
         tasks = [asyncio.create_task(consumer.run(), name="caseplan-consumer"),
-                 *(asyncio.create_task(relay.run(), name=relay.name) for relay in relays)]
+                 *relays.start()]
         try:
             yield
         finally:
             consumer.stop()
-            for relay in relays:
-                relay.stop()
+            relays.stop()
             await asyncio.gather(*tasks, return_exceptions=True)
             await producer.stop()
             await http.aclose()

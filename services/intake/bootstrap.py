@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from kim.auth import TokenVerifier
 from kim.consent import CONSENT_SCHEMA
-from kim.messaging import EventProducer
+from kim.messaging import EventProducer, RelayGroup
 from kim.service import add_health_routes, consumer_caught_up, kafka_reachable
 from kim.storage import Database, eventsourcing_env
 from services.intake import store
@@ -50,25 +50,19 @@ def create_app(settings: IntakeSettings) -> FastAPI:
         keys = open_key_ring(settings, db)
         events = PersonEvents(env=eventsourcing_env(url))
         producer = EventProducer(settings.bootstrap, client_id="kim-intake")
-        relays = outbox_relays(events, producer, db)
-        loop = asyncio.get_running_loop()
-
-        def wake_relays() -> None:  # called from request threads
-            for relay in relays:
-                loop.call_soon_threadsafe(relay.wake)
+        relays = RelayGroup(outbox_relays(events, producer, db))
 
         consumer = consent_consumer(db, settings.bootstrap, settings.intake_group)
         app.state.token_verifier = verifier
-        app.state.intake = Intake(events, db, keys, on_saved=wake_relays)
+        app.state.intake = Intake(events, db, keys, on_saved=relays.wake)
         app.state.consumer = consumer
         tasks = [asyncio.create_task(consumer.run(), name="intake-consents"),
-                 *(asyncio.create_task(relay.run(), name=f"outbox-{relay.name}") for relay in relays)]
+                 *relays.start()]
         try:
             yield
         finally:
             consumer.stop()
-            for relay in relays:
-                relay.stop()
+            relays.stop()
             await asyncio.gather(*tasks, return_exceptions=True)
             await producer.stop()
             events.close()
