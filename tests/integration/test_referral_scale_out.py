@@ -115,14 +115,23 @@ def test_two_instances_equal_one_and_a_survivor_takes_over(kafka_bootstrap, fres
         with TestClient(gateway) as client:
             publish(client, events)
             for instance in [single, *pair]:
-                wait_until(instance.ready, timeout=60, message="referral ready")
+                wait_until(instance.ready, timeout=120, message="referral ready")
 
             def same_view() -> bool:
                 one, two = single.get("/v1/gaps", status="all"), pair[0].get("/v1/gaps", status="all")
                 mine = [g for g in one.json() if g["subject"] in subjects]
                 return bool(mine) and mine == [g for g in two.json() if g["subject"] in subjects]
 
-            wait_until(same_view, timeout=60, message="the pair shows the single instance's gaps")
+            # every instance reads the whole history of the session's topics first: generous deadlines
+            try:
+                wait_until(same_view, timeout=120, message="the pair shows the single instance's gaps")
+            except AssertionError:
+                one = {g["gap_id"]: g for g in single.get("/v1/gaps", status="all").json() if g["subject"] in subjects}
+                two = {g["gap_id"]: g for g in pair[0].get("/v1/gaps", status="all").json() if g["subject"] in subjects}
+                pytest.fail(f"single {len(one)} gaps, pair {len(two)}; only single: "
+                            f"{[one[k] for k in one.keys() - two.keys()][:3]}; only pair: "
+                            f"{[two[k] for k in two.keys() - one.keys()][:3]}; differing: "
+                            f"{[(one[k], two[k]) for k in one.keys() & two.keys() if one[k] != two[k]][:3]}")
             for subject in subjects:
                 path = f"/v1/persons/{subject}/responsibility"
                 assert single.get(path).json() == pair[1].get(path).json(), subject
