@@ -53,7 +53,7 @@ def _local(name: str) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="audit", required=True, metavar="AUDIT")
-    topics = dict(default="kim.*", metavar="PATTERN", help="the topics to read, shell-style (default: kim.*)")
+    topics_help = "the topics to read, shell-style (default: kim.*)"
 
     rebuild = sub.add_parser("replay", help="rebuild every projection as of an instant into a report",
                              description="Rebuild responsibility, gaps and figures from the beginning of the topics, "
@@ -62,14 +62,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     rebuild.add_argument("--known-at", type=_instant, metavar="K",
                          help="only events recorded by then (default: all; the report names the latest one seen)")
     rebuild.add_argument("--out", required=True, type=Path, metavar="DIR", help="where report.json and summary.txt go")
-    rebuild.add_argument("--topics", **topics)
-    rebuild.add_argument("--workers", type=int, default=1,
-                         help="processes that replay partition numbers in parallel (default 1)")
+    rebuild.add_argument("--topics", default="kim.*", metavar="PATTERN", help=topics_help)
+    rebuild.add_argument("--workers", type=int, default=None,
+                         help="processes that replay partition numbers in parallel (default: one per CPU for a "
+                              "long history)")
 
     check = sub.add_parser("verify", help="check the hash chains and compare the live projections with a replay",
                            description="Exit status 0 when every chain is intact and the live projections equal a "
                                        "fresh replay, 1 otherwise; the JSON report goes to standard output.")
-    check.add_argument("--topics", **topics)
+    check.add_argument("--topics", default="kim.*", metavar="PATTERN", help=topics_help)
     check.add_argument("--direct-agency", action="append", default=[], metavar="AGENCY",
                        help="an agency writing to Kafka directly, whose events may lack a chain "
                             "(besides [audit] direct_agencies of the district file)")

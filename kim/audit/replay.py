@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from services.referral.domain import PersonState
 from services.referral.rules import RulesConfig
 from services.reporting.disclosure import publish
 from services.reporting.domain import KEPT_FIELDS, PersonLog, Tally, assess, month_index, month_name, record_of
+from services.reporting.messaging import fewer_collections
 
 
 class ReplayError(RuntimeError):
@@ -81,6 +83,7 @@ class Replay:
     topics: dict[str, int]
     partial: Partial
     cells: list[dict[str, Any]]
+    workers: int = 1
 
     @property
     def known_at(self) -> datetime | None:
@@ -220,22 +223,33 @@ async def snapshot(bootstrap: str, pattern: str) -> tuple[dict[str, int], dict[t
     return event_topics, {(tp.topic, tp.partition): end for tp, end in ends.items()}
 
 
-def replay(bootstrap: str, scope: Scope, pattern: str = audit_topics.DEFAULT_PATTERN, workers: int = 1) -> Replay:
-    """Replay every event topic matching `pattern` as it stands now."""
+# Below this many records a replay takes less time than starting worker processes.
+_PARALLEL_FROM = 100_000
+
+
+def replay(bootstrap: str, scope: Scope, pattern: str = audit_topics.DEFAULT_PATTERN,
+           workers: int | None = None) -> Replay:
+    """Replay every event topic matching `pattern` as it stands now.
+
+    `workers` processes replay partition numbers in parallel; None: one per CPU for a long history.
+    """
     event_topics, ends = asyncio.run(snapshot(bootstrap, pattern))
     numbers = sorted({p for _, p in ends})
+    if workers is None:
+        workers = min(os.cpu_count() or 1, len(numbers)) if sum(ends.values()) >= _PARALLEL_FROM else 1
     partial = Partial()
     if workers <= 1:
         partial = replay_partitions(bootstrap, ends, numbers, scope)
     else:
         shares = [numbers[i::workers] for i in range(workers) if numbers[i::workers]]
-        with ProcessPoolExecutor(len(shares), mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(len(shares), mp_context=get_context("spawn"),
+                                 initializer=fewer_collections) as pool:
             for part in pool.map(replay_partitions, [bootstrap] * len(shares), [ends] * len(shares), shares,
                                  [scope] * len(shares)):
                 partial.merge(part)
     limit = scope.as_of or scope.now
     cells = publish(partial.tally.cells(month_index(limit), scope.case_managers))
-    return Replay(scope, event_topics, partial, cells)
+    return Replay(scope, event_topics, partial, cells, workers)
 
 
 def report_hash(report: bytes) -> str:

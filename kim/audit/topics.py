@@ -37,8 +37,8 @@ def is_deadletter(topic: str) -> bool:
 def consumer(bootstrap: str, client_id: str = "kim-audit") -> AIOKafkaConsumer:
     """A consumer that sees committed records only and fetches in large batches."""
     return AIOKafkaConsumer(bootstrap_servers=bootstrap, client_id=client_id, enable_auto_commit=False,
-                            isolation_level="read_committed", fetch_max_bytes=64 * 1024 * 1024,
-                            max_partition_fetch_bytes=16 * 1024 * 1024)
+                            isolation_level="read_committed", fetch_max_bytes=32 * 1024 * 1024,
+                            max_partition_fetch_bytes=4 * 1024 * 1024)
 
 
 async def discover(bootstrap: str, pattern: str = DEFAULT_PATTERN) -> dict[str, int]:
@@ -76,7 +76,7 @@ async def read(client: AIOKafkaConsumer, ends: Mapping[TopicPartition, int],
     pending = set(tps)
     while pending:
         batch = await client.getmany(*pending, timeout_ms=1000, max_records=max_records)
-        records = []
+        records: list[Any] = []
         for tp, tp_records in batch.items():
             records.extend(r for r in tp_records if r.offset < ends[tp])
         if records:

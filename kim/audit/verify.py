@@ -143,7 +143,7 @@ def differences(result: Replay, live_persons: dict[str, dict[str, Any]],
                 live_cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Everything the live projections show differently from the replay."""
     found: list[dict[str, Any]] = []
-    empty = {"areas": {}, "gaps": []}
+    empty: dict[str, Any] = {"areas": {}, "gaps": []}
     for subject in sorted(set(live_persons) | set(result.partial.persons)):
         replayed = result.person(subject) or empty
         live = live_persons.get(subject, empty)

@@ -34,14 +34,6 @@ from services.reporting.domain import (
 
 Clock = Callable[[], datetime]
 T = TypeVar("T")
-Assessed = tuple[Contribution, datetime | None]
-Assessor = Callable[[list[PersonLog], RulesConfig, datetime], list[Assessed]]
-"""Contributions and their validity for persons' logs, in order (see `assess_logs`)."""
-
-
-def assess_logs(logs: list[PersonLog], rules: RulesConfig, now: datetime) -> list[Assessed]:
-    """Each person's current contribution and until when it holds."""
-    return [(a.contribution, a.valid_until) for a in (assess(log, rules, now) for log in logs)]
 
 
 def utc_now() -> datetime:
@@ -92,11 +84,6 @@ class Reporting:
                     self._dirty.add(subject)
         return new
 
-    def pending(self) -> int:
-        """Persons whose figures are not computed yet (or being computed)."""
-        with self._lock:
-            return len(self._dirty) + self._computing
-
     def due(self) -> bool:
         """Whether `refresh` has work: new events, or figures the passing of time has changed."""
         with self._lock:
@@ -107,11 +94,11 @@ class Reporting:
         with self._lock:
             return not self._computing and not self.due()
 
-    def refresh(self, assessor: Assessor | None = None) -> int:
+    def refresh(self) -> int:
         """Recompute persons with new events and persons whose figures time has changed; returns how many.
 
-        `assessor` computes contributions elsewhere (worker processes); the consumer may go on
-        adding events meanwhile, which marks their persons for the next refresh.
+        The persons are assessed outside the lock: the consumer may go on adding events meanwhile,
+        which marks their persons for the next refresh.
         """
         with self._lock:
             now = self.clock()
@@ -126,15 +113,15 @@ class Reporting:
         if not logs:
             return 0
         try:
-            results = (assessor or assess_logs)(logs, self.rules, now)
+            results = [assess(log, self.rules, now) for log in logs]
         except BaseException:
             with self._lock:
                 self._dirty.update(log.subject for log in logs)
                 self._computing -= len(logs)
             raise
         with self._lock:
-            for log, (contribution, valid_until) in zip(logs, results):
-                self._apply(log.subject, contribution, valid_until)
+            for log, assessment in zip(logs, results):
+                self._apply(log.subject, assessment.contribution, assessment.valid_until)
             self._computing -= len(logs)
             self._version += 1
         return len(logs)

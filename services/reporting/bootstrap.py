@@ -24,7 +24,7 @@ from services.referral.rules import load_rules
 from services.reporting.api import router
 from services.reporting.application import Reporting
 from services.reporting.dashboard import router as dashboard_router
-from services.reporting.messaging import Workers, envelopes_value, records_of_envelopes, wanted
+from services.reporting.messaging import decode_events, envelopes_value, records_of_envelopes, wanted
 from services.reporting.settings import ReportingSettings, case_managers
 from services.reporting.streaming import ReportingFaust, create_faust_app, lagging, store_batch
 
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 _CHUNK = 2000  # events per changelog record, well below Kafka's message size limit
 _MAX_STALENESS_S = 60.0  # while catching up, the figures are recomputed at least this often
+
 
 @dataclass
 class _Progress:
@@ -44,7 +45,7 @@ class _Progress:
     last_refresh: float = field(default_factory=time.monotonic)
 
 
-async def _refresh_loop(faust_app: ReportingFaust, reporting: Reporting, workers: Workers, progress: _Progress,
+async def _refresh_loop(faust_app: ReportingFaust, reporting: Reporting, progress: _Progress,
                         max_staleness_s: float, stopping: asyncio.Event) -> None:
     """Recompute once the consumer has caught up, and at least every `max_staleness_s` while it catches up:
     recomputing a person costs more than adding an event, so persons are recomputed once for many events."""
@@ -54,7 +55,7 @@ async def _refresh_loop(faust_app: ReportingFaust, reporting: Reporting, workers
             idle = time.monotonic() - progress.last_batch > 0.2
             if stale or (idle and not await lagging(faust_app)):
                 try:
-                    await anyio.to_thread.run_sync(reporting.refresh, workers.assess)
+                    await anyio.to_thread.run_sync(reporting.refresh)
                 except Exception:
                     log.exception("recomputing the figures failed; retrying")
                 progress.last_refresh = time.monotonic()
@@ -79,11 +80,12 @@ def create_app(settings: ReportingSettings) -> FastAPI:
         faust_app, table = create_faust_app(settings.reporting_group, settings.bootstrap, list(EVENT_TOPICS),
                                             settings.partitions, settings.replication_factor, str(datadir))
         deadletters = EventProducer(settings.bootstrap, client_id=f"{settings.reporting_group}-dlq", chain=False)
-        workers = Workers(settings.reporting_workers)
 
         async def handle(messages: Sequence[Any]) -> None:
             chosen = [m for m in messages if wanted(m.headers)]
-            kept, invalid = await workers.decode([m.value or b"" for m in chosen])
+            # Validated in the event loop itself: handing batches to a thread costs more in contention
+            # for the interpreter lock (with faust's consumer thread) than it gains.
+            kept, invalid = decode_events([m.value or b"" for m in chosen])
             # The table keeps the new events as they were published, per partition.
             fresh: dict[int, list[bytes]] = defaultdict(list)
             for _, _, message in reporting.add((s, r, chosen[i]) for i, s, r in kept):
@@ -111,8 +113,7 @@ def create_app(settings: ReportingSettings) -> FastAPI:
         app.state.faust = faust_app
         app.state.progress = progress
         await faust_app.start()
-        refresher = asyncio.create_task(_refresh_loop(faust_app, reporting, workers, progress, _MAX_STALENESS_S,
-                                                      stopping))
+        refresher = asyncio.create_task(_refresh_loop(faust_app, reporting, progress, _MAX_STALENESS_S, stopping))
         try:
             yield
         finally:
@@ -120,7 +121,6 @@ def create_app(settings: ReportingSettings) -> FastAPI:
             await refresher
             await faust_app.stop()
             await deadletters.stop()
-            workers.close()
 
     app = FastAPI(title="KIM reporting", version="1", lifespan=lifespan,
                   description="Kennzahlensystem: anonymised figures for the steering group by month and "

@@ -9,7 +9,7 @@ from __future__ import annotations
 from html import escape
 
 WIDTH, HEIGHT = 720, 260
-LEFT, RIGHT, TOP, BOTTOM = 56, 16, 16, 56
+LEFT, RIGHT, TOP, BOTTOM = 56, 32, 16, 56
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f")
 SUPPRESSED_FILL = "url(#hatch)"
 
@@ -95,7 +95,7 @@ def line_chart(title: str, months: list[str], series: list[tuple[str, list[Point
             x, y = xy(i, value)
             run.append(f"{x:.1f},{y:.1f}")
     if hidden:
-        legend.append(("unterdrückt (Geheimhaltung)", "#999"))
+        legend.append(("unterdrückt", "#999"))
     return _frame(title, top, body, legend)
 
 
@@ -123,5 +123,5 @@ def bar_chart(title: str, bars: list[tuple[str, Point]]) -> str:
             body.append(f'<text x="{x + w / 2:.1f}" y="{TOP + plot_h - h - 4:.1f}" text-anchor="middle">'
                         f"{german_number(value)}</text>")
         body.append(f'<text x="{x + w / 2:.1f}" y="{TOP + plot_h + 14}" text-anchor="middle">{escape(label)}</text>')
-    legend = [("unterdrückt (Geheimhaltung)", "#999")] if hidden else []
+    legend = [("unterdrückt", "#999")] if hidden else []
     return _frame(title, top, body, legend)

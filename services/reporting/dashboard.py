@@ -112,8 +112,10 @@ Zellen ableitbar). „–“ = keine Angabe.</p>
 {% for agency, label in caseload %}<tr><td>{{ label }}</td><td>{{ cells.text('caseload', last, municipality, agency) }}</td>
 <td>{{ cells.text('caseload_per_case_manager', last, '*', agency) if municipality == '*' else '–' }}</td></tr>{% endfor %}
 </table>
-<h2>Übergaben zwischen Behörden ({{ last }})</h2>{{ charts.handovers }}
-<table><tr><th>Weg</th><th>abgeschlossen (Personen)</th><th>Dauer Median (Tage)</th><th>90. Perzentil (Tage)</th></tr>
+{% if not staffed %}<p class="note">Betreuungsschlüssel: die Zahl der Fallmanager je Behörde steht nicht in der
+Bezirkskonfiguration ([reporting.case_managers]).</p>{% endif %}
+<h2>Übergaben zwischen Behörden</h2>{{ charts.handovers }}
+<table><tr><th>Weg ({{ last }})</th><th>abgeschlossen (Personen)</th><th>Dauer Median (Tage)</th><th>90. Perzentil (Tage)</th></tr>
 {% for route, label in routes %}<tr><td>{{ label }}</td><td>{{ cells.text('handovers_completed', last, municipality, route) }}</td>
 <td>{{ cells.text('handover_days_median', last, municipality, route) }}</td>
 <td>{{ cells.text('handover_days_p90', last, municipality, route) }}</td></tr>{% endfor %}</table>
@@ -204,9 +206,9 @@ def dashboard(request: Request, first: FromMonth = None, last: ToMonth = None,
         charts["active"] = Markup(line_chart("Aktive Personen je Bereich", months, [
             (_label(AREAS, area), [cells.point("persons_active", m, place, area) for m in months])
             for area in cells.values("persons_active", place, months)]))
-        charts["handovers"] = Markup(bar_chart("Abgeschlossene Übergaben je Weg", [
-            (_route(route, SHORT), cells.point("handovers_completed", last_month, place, route))
-            for route in cells.values("handovers_completed", place, [last_month])]))
+        charts["handovers"] = Markup(line_chart("Abgeschlossene Übergaben je Weg (Personen)", months, [
+            (_route(route, SHORT), [cells.point("handovers_completed", m, place, route) for m in months])
+            for route in cells.values("handovers_completed", place, months)]))
         charts["gaps"] = Markup(line_chart("Lücken und überfällige Übergaben (alle Bereiche)", months, [
             ("neue Lücken", [cells.point("gaps_opened", m, place) for m in months]),
             ("offene Lücken am Monatsende", [cells.point("gaps_open", m, place) for m in months]),
@@ -219,6 +221,7 @@ def dashboard(request: Request, first: FromMonth = None, last: ToMonth = None,
             ("Beschäftigung aufgenommen", [cells.point("employment_started", m, place) for m in months])]))
     html = PAGE.render(
         principal=principal, first=months[0] if months else "", last=last_month, municipality=place,
+        staffed=bool(reporting.case_managers),
         municipalities=municipalities, months=months, cells=cells, charts=charts, levels=list(LEVELS),
         caseload=[(a, _label(AGENCIES, a)) for a in cells.values("caseload", place, [last_month])],
         routes=[(r, _route(r)) for r in cells.values("handovers_completed", place, [last_month])],

@@ -14,7 +14,8 @@ One implementation, used by the live service, `kim audit replay` and the benchma
 Definitions (months are calendar months in Europe/Berlin; a person counts once per cell):
 
 - `persons_active` (area): some agency held the area during the month.
-- `persons_by_agency` (agency): the agency held some area of the person during the month.
+- `persons_by_agency` (agency): the agency held some area of the person during the month
+  (without a total over agencies: it would repeat `persons_active`'s total over areas).
 - `caseload` (agency): the agency held case management at the end of the month
   (in the current month: at the as-of instant); the Betreuungsschlüssel
   `caseload_per_case_manager` divides it by the district's case managers (FTE).
@@ -42,11 +43,11 @@ Every cell has the dimensions `month` and `municipality` (from the person's
 from __future__ import annotations
 
 import statistics
-from functools import lru_cache
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
+from functools import lru_cache
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -203,18 +204,6 @@ def record_of(name: str, source: str, event_id: str, time: datetime, recorded: d
     return Record(name, source, event_id, time.astimezone(UTC), recorded.astimezone(UTC), kept)
 
 
-def encode_records(records: Iterable[tuple[str, Record]]) -> bytes:
-    """(subject, record) pairs as compact JSON, e.g. for a changelog."""
-    return orjson.dumps([[subject, r.name, r.source, r.id, r.time.isoformat(), r.recorded.isoformat(), r.data]
-                         for subject, r in records])
-
-
-def decode_records(value: bytes) -> list[tuple[str, Record]]:
-    return [(subject, Record(name, source, event_id, datetime.fromisoformat(time), datetime.fromisoformat(recorded),
-                             data))
-            for subject, name, source, event_id, time, recorded, data in orjson.loads(value)]
-
-
 class PersonLog:
     """One person's kept events; adding an event twice changes nothing."""
 
@@ -352,7 +341,8 @@ def facts_of(subject: str, log: PersonLog) -> list[Fact]:
 
 def assess(log: PersonLog, rules: RulesConfig, now: datetime, as_of: datetime | None = None,
            known_at: datetime | None = None) -> Assessment:
-    """A person's responsibility state and contribution at `as_of` (default `now`) with what was recorded by `known_at`."""
+    """A person's responsibility state and contribution at `as_of` (default `now`), counting what was
+    recorded by `known_at`."""
     limit = as_of if as_of is not None else now
     state = compute(facts_of(log.subject, log), rules, now, as_of=as_of, known_at=known_at)
     known = [r for r in log.records.values() if known_at is None or r.recorded <= known_at]
@@ -423,8 +413,8 @@ def _gaps(collect: _Collector, state: PersonState, limit: datetime, last: int) -
         held = _end_of_month_span(gap.since, gap.until, last)
         if held is not None:
             collect.span("gaps_open", gap.area, *held)
-        end = gap.until - _EPSILON if gap.until is not None else limit
-        days[gap.area].append((_local_date(gap.since), _local_date(end)))
+        last_moment = gap.until - _EPSILON if gap.until is not None else limit
+        days[gap.area].append((_local_date(gap.since), _local_date(last_moment)))
     for area, ranges in days.items():
         for first, end in _merge_days(ranges):
             day = first
@@ -463,7 +453,7 @@ def _language(collect: _Collector, records: list[Record], registrations: list[Re
         return
     closed = state.case_closed_at
     best, pending = -1, sorted(levels)
-    demand_from, demand = None, None
+    demand_from, demand = 0, None
     for month in range(month_index(registrations[0].time), last + 1):
         # The end of the month, or the as-of instant in its month.
         moment = limit if month == last else month_start(month + 1) - _EPSILON
@@ -533,13 +523,39 @@ def _deltas() -> defaultdict[int, int]:
     return defaultdict(int)
 
 
+@dataclass
+class _Amount:
+    total: int = 0
+    persons: int = 0
+
+
+@dataclass
+class _Distribution:
+    values: Counter[int] = field(default_factory=Counter)
+    persons: int = 0
+
+
 class Tally:
     """The sum of every person's contribution; contributions can be taken back. Picklable."""
 
     def __init__(self) -> None:
-        self.spans: dict[CellKey, dict[int, int]] = defaultdict(_deltas)
-        self.amounts: dict[tuple[CellKey, int], list[int]] = {}
-        self.samples: dict[tuple[CellKey, int], tuple[Counter[int], list[int]]] = {}
+        self.spans: defaultdict[CellKey, defaultdict[int, int]] = defaultdict(_deltas)
+        self.amounts: defaultdict[tuple[CellKey, int], _Amount] = defaultdict(_Amount)
+        self.samples: defaultdict[tuple[CellKey, int], _Distribution] = defaultdict(_Distribution)
+
+    def _amount(self, key: tuple[CellKey, int], total: int, persons: int) -> None:
+        amount = self.amounts[key]
+        amount.total += total
+        amount.persons += persons
+        if not amount.persons:
+            del self.amounts[key]
+
+    def _sample(self, key: tuple[CellKey, int], values: Counter[int], persons: int) -> None:
+        distribution = self.samples[key]
+        distribution.values.update(values)  # `update` adds counts, negative ones too
+        distribution.persons += persons
+        if not distribution.persons:
+            del self.samples[key]
 
     def merge(self, other: Tally) -> None:
         """Add another tally (e.g. of other partitions) to this one."""
@@ -547,14 +563,10 @@ class Tally:
             mine = self.spans[key]
             for month, delta in deltas.items():
                 mine[month] += delta
-        for key, (amount, persons) in other.amounts.items():
-            total = self.amounts.setdefault(key, [0, 0])
-            total[0] += amount
-            total[1] += persons
-        for key, (counter, persons) in other.samples.items():
-            mine_counter, mine_persons = self.samples.setdefault(key, (Counter(), [0]))
-            mine_counter.update(counter)
-            mine_persons[0] += persons[0]
+        for cell, amount in other.amounts.items():
+            self._amount(cell, amount.total, amount.persons)
+        for cell, distribution in other.samples.items():
+            self._sample(cell, distribution.values, distribution.persons)
 
     def add(self, contribution: Contribution, sign: int = 1) -> None:
         """Add a contribution (`sign` -1: take it back)."""
@@ -562,42 +574,33 @@ class Tally:
             deltas = self.spans[key]
             deltas[first] += sign
             deltas[last + 1] -= sign
-        for key, month, amount in contribution.amounts:
-            total = self.amounts.setdefault((key, month), [0, 0])
-            total[0] += sign * amount
-            total[1] += sign
-            if total[1] == 0:
-                del self.amounts[(key, month)]
+        for key, month, value in contribution.amounts:
+            self._amount((key, month), sign * value, sign)
         for key, month, values in contribution.samples:
-            counter, persons = self.samples.setdefault((key, month), (Counter(), [0]))
-            if sign > 0:
-                counter.update(values)
-            else:
-                counter.subtract(values)
-            persons[0] += sign
-            if persons[0] == 0:
-                del self.samples[(key, month)]
+            self._sample((key, month), Counter({v: sign * n for v, n in Counter(values).items()}), sign)
+
+    def _with_municipality_totals(self) -> Tally:
+        """This tally plus the municipality total `*` of every cell: a sum, as a person lives in one municipality."""
+        both = Tally()
+        for (series, dims), deltas in self.spans.items():
+            for key in ((series, dims), (series, (TOTAL, *dims[1:]))):
+                mine = both.spans[key]
+                for month, delta in deltas.items():
+                    mine[month] += delta
+        for ((series, dims), month), amount in self.amounts.items():
+            for key in ((series, dims), (series, (TOTAL, *dims[1:]))):
+                both._amount((key, month), amount.total, amount.persons)
+        for ((series, dims), month), distribution in self.samples.items():
+            for key in ((series, dims), (series, (TOTAL, *dims[1:]))):
+                both._sample((key, month), distribution.values, distribution.persons)
+        return both
 
     def cells(self, last: int, case_managers: Mapping[str, float] | None = None) -> list[RawCell]:
         """Every non-empty cell up to month `last`, municipality totals included, in a stable order."""
-        spans: dict[CellKey, dict[int, int]] = defaultdict(_deltas)
-        amounts: dict[tuple[CellKey, int], list[int]] = defaultdict(lambda: [0, 0])
-        samples: dict[tuple[CellKey, int], tuple[Counter[int], list[int]]] = defaultdict(lambda: (Counter(), [0]))
-        for (series, dims), deltas in self.spans.items():
-            for key in ((series, dims), (series, (TOTAL, *dims[1:]))):
-                for month, delta in deltas.items():
-                    spans[key][month] += delta
-        for ((series, dims), month), (amount, persons) in self.amounts.items():
-            for key in ((series, dims), (series, (TOTAL, *dims[1:]))):
-                amounts[(key, month)][0] += amount
-                amounts[(key, month)][1] += persons
-        for ((series, dims), month), (counter, persons) in self.samples.items():
-            for key in ((series, dims), (series, (TOTAL, *dims[1:]))):
-                samples[(key, month)][0].update(+counter)
-                samples[(key, month)][1][0] += persons[0]
+        tally = self._with_municipality_totals()
         cells: list[RawCell] = []
         counts: dict[tuple[str, int, tuple[str, ...]], int] = {}
-        for (series, dims), deltas in spans.items():
+        for (series, dims), deltas in tally.spans.items():
             running, months = 0, sorted(deltas)
             for month, following in zip(months, months[1:] + [last + 1]):
                 running += deltas[month]
@@ -606,16 +609,16 @@ class Tally:
                         counts[(series, m, dims)] = running
         for (series, month, dims), persons in counts.items():
             cells.append(RawCell(series, month, dims, persons, persons))
-        for ((series, dims), month), (amount, persons) in amounts.items():
-            if month <= last and persons > 0:
-                cells.append(RawCell(series, month, dims, persons, amount))
-        for ((series, dims), month), (counter, persons) in samples.items():
-            if month > last or persons[0] <= 0:
+        for ((series, dims), month), amount in tally.amounts.items():
+            if month <= last and amount.persons > 0:
+                cells.append(RawCell(series, month, dims, amount.persons, amount.total))
+        for ((series, dims), month), distribution in tally.samples.items():
+            if month > last or distribution.persons <= 0:
                 continue
-            values = sorted(counter.elements())
+            values = sorted(distribution.values.elements())
             for kpi in KPIS:
                 if kpi.series == series and kpi.measure in ("median", "p90"):
-                    cells.append(RawCell(kpi.name, month, dims, persons[0], _statistic(kpi, values)))
+                    cells.append(RawCell(kpi.name, month, dims, distribution.persons, _statistic(kpi, values)))
         for (series, month, dims), persons in counts.items():
             if series == "caseload" and dims[0] == TOTAL and case_managers and case_managers.get(dims[1]):
                 cells.append(RawCell("caseload_per_case_manager", month, dims, persons,

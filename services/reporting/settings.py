@@ -21,10 +21,6 @@ class ReportingSettings(KimSettings):
         default="kim-reporting", pattern=r"^[A-Za-z0-9_-]+$",
         description="faust application id: the consumer group of the instances and the prefix of their "
                     "changelog topic (KIM_REPORTING_GROUP)")
-    reporting_workers: int = Field(
-        default=2, ge=0, le=32,
-        description="processes that validate events and recompute persons; 0: the service process itself "
-                    "(KIM_REPORTING_WORKERS)")
 
 
 class DistrictConfigError(ValueError):

@@ -81,7 +81,7 @@ def expected_cells(events: list[dict], now: datetime) -> dict[tuple, tuple[int, 
 
 def settings_for(bootstrap: str, data_dir: Path, app_id: str) -> ReportingSettings:
     return ReportingSettings(kafka_bootstrap=bootstrap, data_dir=data_dir, auth_hs256_secret=SECRET,
-                             database_url=None, reporting_group=app_id, reporting_workers=0)
+                             database_url=None, reporting_group=app_id)
 
 
 def ready(client: TestClient) -> bool:

@@ -85,8 +85,9 @@ def _solve(rows: list[list[Fraction]], n: int) -> dict[int, Fraction]:
 @lru_cache(maxsize=1)
 def demo_raw_cells() -> tuple[RawCell, ...]:
     """The raw figures of a demo district (before any suppression)."""
-    from contracts import decode
     import orjson
+
+    from contracts import decode
     from kim.demo import generate_district
 
     logs: dict[str, PersonLog] = {}

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from contracts import parse_rfc3339
 from services.referral.rules import RulesConfig
 from services.reporting.application import Query, Reporting, to_csv
 from services.reporting.domain import (
@@ -16,14 +17,11 @@ from services.reporting.domain import (
     PersonLog,
     Tally,
     assess,
-    decode_records,
-    encode_records,
     month_index,
     month_name,
     parse_month,
     record_of,
 )
-from contracts import parse_rfc3339
 
 RULES = RulesConfig()
 
@@ -208,12 +206,6 @@ def test_taking_a_contribution_back_leaves_nothing_and_tallies_merge():
     first.add(one), second.add(two), both.add(one), both.add(two)
     first.merge(second)
     assert first.cells(month_index(now)) == both.cells(month_index(now))
-
-
-def test_records_survive_their_changelog_encoding():
-    log = refugee().log()
-    items = [(log.subject, r) for r in log.records.values()]
-    assert decode_records(encode_records(items)) == items
 
 
 def test_the_live_service_computes_the_same_figures_incrementally():
