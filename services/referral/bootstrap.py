@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from contextlib import asynccontextmanager
 
 import anyio
@@ -64,7 +66,9 @@ def create_app(settings: ReferralSettings) -> FastAPI:
         wake, stopping = asyncio.Event(), asyncio.Event()
         referral = Referral(db, rules, encode_derived, on_stale=lambda: loop.call_soon_threadsafe(wake.set))
         consumer = agency_consumer(referral, db, settings.bootstrap, settings.referral_group)
-        producer = EventProducer(settings.bootstrap, client_id="kim-referral")
+        # Instances of a group publish side by side: each needs a hash chain of its own.
+        producer = EventProducer(settings.bootstrap, client_id="kim-referral",
+                                 chain=f"kim-referral-{socket.gethostname()}-{os.getpid()}")
         app.state.referral = referral
         app.state.token_verifier = verifier
         app.state.consumer = consumer
