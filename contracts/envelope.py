@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Annotated, Any, Iterator, Literal, Mapping
 
 import orjson
@@ -87,8 +87,9 @@ class CloudEvent(BaseModel):
 
     @model_validator(mode="after")
     def _check_extensions(self) -> CloudEvent:
-        for name, rule in extension_problems(self.__pydantic_extra__ or {}):
-            raise PydanticCustomError("extension", rule, {"name": name})
+        if self.__pydantic_extra__:  # most events have no extension attributes
+            for name, rule in extension_problems(self.__pydantic_extra__):
+                raise PydanticCustomError("extension", rule, {"name": name})
         return self
 
     @cached_property
@@ -101,34 +102,25 @@ class CloudEvent(BaseModel):
         """`recordedtime` as an aware UTC datetime: when the producer recorded the fact."""
         return parse_rfc3339(self.recordedtime)
 
-    @cached_property
-    def _source_parts(self) -> tuple[str | None, str | None, str | None]:
-        match = SOURCE_RE.fullmatch(self.source)
-        assert match is not None  # the field's pattern guarantees it
-        agency, service, office = match.groups()
-        return agency, service, office
-
     @property
     def agency(self) -> Agency | None:
         """The agency named in `source`; None for events of KIM services."""
-        agency = self._source_parts[0]
-        return Agency(agency) if agency else None
+        return _source_parts(self.source)[0]
 
     @property
     def service(self) -> str | None:
         """The KIM service named in `source` (`urn:kim:service:<service>`), else None."""
-        return self._source_parts[1]
+        return _source_parts(self.source)[1]
 
     @property
     def office(self) -> str | None:
         """The office suffix of `source`, e.g. `nordhorn`, if any."""
-        return self._source_parts[2]
+        return _source_parts(self.source)[2]
 
     @property
     def topic(self) -> str:
         """The Kafka topic this event belongs on: its producer's own topic (§5)."""
-        agency, service, _ = self._source_parts
-        return agency_topic(agency) if agency else service_topic(service or "")
+        return _source_parts(self.source)[3]
 
     @property
     def event_name(self) -> str:
@@ -150,6 +142,16 @@ class CloudEvent(BaseModel):
     def extensions(self) -> dict[str, str | int | bool]:
         """Extension attributes the interface does not name, as received."""
         return dict(self.__pydantic_extra__ or {})
+
+
+@lru_cache(maxsize=4096)  # a district has few sources, and each has many events
+def _source_parts(source: str) -> tuple[Agency | None, str | None, str | None, str]:
+    """(agency, service, office, topic) of a valid `source`."""
+    match = SOURCE_RE.fullmatch(source)
+    assert match is not None  # the field's pattern guarantees it
+    agency, service, office = match.groups()
+    return ((Agency(agency) if agency else None), service, office,
+            agency_topic(agency) if agency else service_topic(service or ""))
 
 
 CONTEXT_ATTRIBUTES = frozenset(CloudEvent.model_fields)

@@ -2,8 +2,9 @@
 
 Phases: (1) batches of `--batch` events over `--connections` connections; (2) a
 plain idempotent producer (acks=all) sending the same records in the same batch
-sizes; (3) single-event requests at full speed; (4) single-event requests at 70 % of
-that rate, open loop, for the latency percentiles.
+sizes; (3) single-event requests at full speed over `--single-connections`
+connections (one per agency system sending one event at a time); (4) single-event
+requests at 70 % of that rate, open loop, for the latency percentiles.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--events", type=int, default=200_000, help="events for the batch phases")
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--single-connections", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=15.0, help="duration of each single-event phase")
 
 
@@ -104,7 +106,7 @@ async def _singles(port: int, events: list[dict], headers: dict[str, str], secon
         return len(latencies), time.perf_counter() - started, latencies
 
     # open loop: requests start on schedule whatever the answers do; a pool of connections
-    pool = [HttpConnection(port) for _ in range(max(connections, 64))]
+    pool = [HttpConnection(port) for _ in range(connections)]
     free: asyncio.Queue[HttpConnection] = asyncio.Queue()
     for connection in pool:
         free.put_nowait(connection)
@@ -157,17 +159,18 @@ def run(args: argparse.Namespace, settings: KimSettings) -> int:
 
             singles = _events(200_000, f"s{int(time.time())}")
             n, seconds, closed = asyncio.run(_singles(gateway.port, singles, single_headers, args.seconds,
-                                                      args.connections, None))
+                                                      args.single_connections, None))
             max_rate = n / seconds
             paced = _events(200_000, f"o{int(time.time())}")
             m, paced_s, latencies = asyncio.run(_singles(gateway.port, paced, single_headers, args.seconds,
-                                                         args.connections, 0.7 * max_rate))
+                                                         args.single_connections, 0.7 * max_rate))
         finally:
             gateway.stop()
 
     gateway_rate = gateway_events / gateway_s
     plain_rate = len(plain_events) / plain_s
-    print(f"kim bench ingest — gateway with {args.connections} connections, broker on this machine")
+    print(f"kim bench ingest — gateway with {args.connections} connections for batches, "
+          f"{args.single_connections} for single events, broker on this machine")
     print(row(f"gateway, batches of {args.batch}", f"{gateway_rate:,.0f} ev/s", "target >= 20,000 ev/s"))
     print(row(f"plain producer, batches of {args.batch}", f"{plain_rate:,.0f} ev/s"))
     print(row("gateway / plain producer", f"{gateway_rate / plain_rate:.2f}", "target >= 0.50"))

@@ -22,6 +22,7 @@ import hashlib
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -47,6 +48,7 @@ def is_chained_topic(topic: str) -> bool:
     return topic.endswith(".events")
 
 
+@lru_cache(maxsize=1 << 16)  # murmur2 is pure Python; a person's events share the key
 def partition_for(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner gives `key` (murmur2, as the Java client)."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions
@@ -54,7 +56,9 @@ def partition_for(key: bytes, partitions: int) -> int:
 
 def canonical_bytes(envelope: Mapping[str, Any]) -> bytes:
     """What `chainhash` covers: the envelope without `chainhash`, sorted keys, no whitespace."""
-    return orjson.dumps({k: v for k, v in envelope.items() if k != HASH}, option=orjson.OPT_SORT_KEYS)
+    if HASH in envelope or not isinstance(envelope, dict):  # stamping hashes its dict before setting `chainhash`
+        envelope = {k: v for k, v in envelope.items() if k != HASH}
+    return orjson.dumps(envelope, option=orjson.OPT_SORT_KEYS)
 
 
 def envelope_hash(envelope: Mapping[str, Any]) -> str:

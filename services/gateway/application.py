@@ -4,6 +4,9 @@ Requests are group-committed: while one Kafka transaction is in flight, new
 requests queue up and go out together in the next one. A request's events are
 always in one transaction, so a failure leaves none of them visible to the
 (read-committed) consumers, and many small requests cost one round trip.
+
+A group is answered once its events are recorded as accepted; the next group
+goes to Kafka meanwhile.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Protocol
 
 import anyio
 
-from services.gateway.domain import Publishable
+from services.gateway.domain import Publishable, split_fresh
 
 
 class AcceptedEvents(Protocol):
@@ -44,6 +47,16 @@ class _Request:
     done: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
+def _settle(group: list[_Request], outcomes: list[Outcome] | BaseException) -> None:
+    for index, request in enumerate(group):
+        if request.done.done():  # its caller gave up
+            continue
+        if isinstance(outcomes, BaseException):
+            request.done.set_exception(outcomes)
+        else:
+            request.done.set_result(outcomes[index])
+
+
 class AcceptEvents:
     def __init__(self, store: AcceptedEvents, publisher: Publisher, max_group_events: int = 5000) -> None:
         self._store = store
@@ -51,6 +64,9 @@ class AcceptEvents:
         self._max_group_events = max_group_events
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._worker: asyncio.Task | None = None
+        # On Kafka, but perhaps not yet in the store: duplicates all the same.
+        self._unrecorded: set[tuple[str, str]] = set()
+        self._recording: set[asyncio.Task] = set()
 
     async def __call__(self, events: list[Publishable]) -> Outcome:
         if self._worker is None or self._worker.done():
@@ -66,6 +82,8 @@ class AcceptEvents:
                 await self._worker
             except asyncio.CancelledError:
                 pass
+        if self._recording:
+            await asyncio.wait(self._recording)
 
     async def _run(self) -> None:
         while True:
@@ -76,33 +94,35 @@ class AcceptEvents:
                 group.append(request)
                 size += len(request.events)
             try:
-                outcomes = await self._commit(group)
+                fresh, outcomes = await self._publish(group)
             except Exception as exc:  # every request of the group fails alike
-                for request in group:
-                    if not request.done.done():
-                        request.done.set_exception(exc)
+                _settle(group, exc)
                 continue
-            for request, outcome in zip(group, outcomes):
-                if not request.done.done():
-                    request.done.set_result(outcome)
+            # Only this worker publishes, so the next group's check sees these keys.
+            self._unrecorded.update(e.key for e in fresh)
+            task = asyncio.create_task(self._record(group, fresh, outcomes))
+            self._recording.add(task)
+            task.add_done_callback(self._recording.discard)
 
-    async def _commit(self, group: list[_Request]) -> list[Outcome]:
+    async def _publish(self, group: list[_Request]) -> tuple[list[Publishable], list[Outcome]]:
         keys = [e.key for request in group for e in request.events]
+        # Taken before the store is asked: a key leaves this set only once it is stored.
+        in_flight = self._unrecorded.intersection(keys)
         seen = await anyio.to_thread.run_sync(self._store.known, keys)
-        fresh: list[Publishable] = []
-        outcomes: list[Outcome] = []
-        for request in group:
-            accepted = 0
-            for event in request.events:
-                if event.key in seen:
-                    continue
-                seen.add(event.key)  # a repeat later in the same group is a duplicate too
-                fresh.append(event)
-                accepted += 1
-            outcomes.append(Outcome(accepted, len(request.events) - accepted))
+        fresh, accepted = split_fresh([request.events for request in group], seen | in_flight)
         if fresh:
             await self._publisher.publish(fresh)
-            # Recorded after Kafka acknowledged: should the gateway die in between,
-            # a retried event is published twice and consumers drop the repeat by id.
-            await anyio.to_thread.run_sync(self._store.record, fresh)
-        return outcomes
+        return fresh, [Outcome(n, len(request.events) - n) for request, n in zip(group, accepted)]
+
+    async def _record(self, group: list[_Request], fresh: list[Publishable], outcomes: list[Outcome]) -> None:
+        # Recorded after Kafka acknowledged: should the gateway die in between,
+        # a retried event is published twice and consumers drop the repeat by id.
+        try:
+            if fresh:
+                await anyio.to_thread.run_sync(self._store.record, fresh)
+        except Exception as exc:
+            _settle(group, exc)
+        else:
+            _settle(group, outcomes)
+        finally:
+            self._unrecorded.difference_update(e.key for e in fresh)

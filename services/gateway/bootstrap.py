@@ -12,7 +12,7 @@ from kim.auth import TokenVerifier
 from kim.messaging import EventProducer
 from kim.service import add_health_routes, kafka_reachable
 from kim.storage import Database
-from services.gateway.api import request_examples, router
+from services.gateway.api import VerifiedTokens, request_examples, router
 from services.gateway.application import AcceptEvents
 from services.gateway.messaging import KafkaPublisher
 from services.gateway.settings import GatewaySettings
@@ -41,6 +41,7 @@ def create_app(settings: GatewaySettings, instance: str | None = None) -> FastAP
                                  transactional_id=f"kim-gateway-{instance}", client_id="kim-gateway")
         app.state.settings = settings
         app.state.token_verifier = verifier
+        app.state.verified_tokens = VerifiedTokens()
         app.state.accept_events = AcceptEvents(SqlAcceptedEvents(db), KafkaPublisher(producer))
         try:
             yield

@@ -7,7 +7,8 @@ fits the person's history is the referral service's business.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -38,11 +39,12 @@ class Publishable:
 
     event: ValidatedEvent
     value: bytes
+    key: tuple[str, str] = field(init=False)
+    """`(source, id)` identifies an event for ever (§2)."""
 
-    @property
-    def key(self) -> tuple[str, str]:
-        """`(source, id)` identifies an event for ever (§2)."""
-        return self.event.source, self.event.id
+    def __post_init__(self) -> None:
+        # Set once: the group commit and the store look it up many times per event.
+        object.__setattr__(self, "key", (self.event.source, self.event.id))
 
 
 @dataclass(frozen=True)
@@ -83,3 +85,21 @@ def assess(raw_events: list[Any], caller_agency: str) -> Assessment:
             # Serialising what was sent is cheaper than the model, and keeps it as published.
             events.append(Publishable(result, orjson.dumps(raw)))
     return Assessment(events, invalid, forbidden)
+
+
+def split_fresh(requests: Iterable[list[Publishable]],
+                known: set[tuple[str, str]]) -> tuple[list[Publishable], list[int]]:
+    """The events of a group of requests to publish — those neither `known` nor
+    repeated earlier in the group — and how many of each request's are among them."""
+    seen = set(known)
+    fresh: list[Publishable] = []
+    accepted: list[int] = []
+    for events in requests:
+        count = 0
+        for event in events:
+            if event.key not in seen:
+                seen.add(event.key)
+                fresh.append(event)
+                count += 1
+        accepted.append(count)
+    return fresh, accepted

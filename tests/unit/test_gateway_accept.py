@@ -1,0 +1,124 @@
+"""The gateway's group commit and token memory, with the store and Kafka faked."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import orjson
+import pytest
+
+from kim.auth import Principal, issue_dev_token
+from kim.messaging import PublishFailed
+from services.gateway.api import VerifiedTokens
+from services.gateway.application import AcceptEvents, Outcome
+from services.gateway.domain import Publishable, assess, split_fresh
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "fixtures" / "examples" / "PersonRegistered.json"
+
+
+def events(*ids: str) -> list[Publishable]:
+    raw = orjson.loads(EXAMPLE.read_bytes())
+    assessment = assess([dict(raw, id=i) for i in ids], raw["source"].split(":")[2])
+    assert not assessment.invalid and not assessment.forbidden
+    return assessment.events
+
+
+class Store:
+    def __init__(self) -> None:
+        self.keys: set[tuple[str, str]] = set()
+        self.held: set[str] = set()  # ids whose recording waits for `release`
+        self.release = threading.Event()
+
+    def known(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        return self.keys.intersection(keys)
+
+    def record(self, published: Sequence[Publishable]) -> None:
+        if self.held.intersection(e.event.id for e in published):
+            assert self.release.wait(10)
+        self.keys.update(e.key for e in published)
+
+
+class Kafka:
+    def __init__(self) -> None:
+        self.published: list[list[str]] = []
+        self.down = False
+
+    async def publish(self, published: Sequence[Publishable]) -> None:
+        if self.down:
+            raise PublishFailed("down")
+        self.published.append([e.event.id for e in published])
+
+
+def test_repeats_in_a_group_and_later_are_duplicates() -> None:
+    async def scenario() -> tuple[list[Outcome], Kafka]:
+        kafka = Kafka()
+        accept = AcceptEvents(Store(), kafka)
+        outcomes = list(await asyncio.gather(accept(events("a", "b")), accept(events("b", "c"))))
+        outcomes.append(await accept(events("a", "d")))
+        await accept.close()
+        return outcomes, kafka
+
+    outcomes, kafka = asyncio.run(scenario())
+    assert outcomes == [Outcome(2, 0), Outcome(1, 1), Outcome(1, 1)]
+    assert sorted(id for group in kafka.published for id in group) == ["a", "b", "c", "d"]
+
+
+def test_events_published_but_not_yet_recorded_are_duplicates_for_the_next_group() -> None:
+    async def scenario() -> tuple[Outcome, Outcome, Kafka]:
+        store, kafka = Store(), Kafka()
+        accept = AcceptEvents(store, kafka)
+        store.held = {"a"}
+        first = asyncio.create_task(accept(events("a")))
+        while not kafka.published:
+            await asyncio.sleep(0.001)
+        second = await accept(events("a", "b"))  # while "a" is being recorded
+        assert not first.done()  # answered only once recorded
+        store.release.set()
+        outcome = await first
+        await accept.close()
+        return outcome, second, kafka
+
+    first, second, kafka = asyncio.run(scenario())
+    assert (first, second) == (Outcome(1, 0), Outcome(1, 1))
+    assert kafka.published == [["a"], ["b"]]
+
+
+def test_a_failed_publish_fails_the_group_and_records_nothing() -> None:
+    async def scenario() -> tuple[Outcome, Store]:
+        store, kafka = Store(), Kafka()
+        accept = AcceptEvents(store, kafka)
+        kafka.down = True
+        with pytest.raises(PublishFailed):
+            await accept(events("a"))
+        kafka.down = False
+        outcome = await accept(events("a"))
+        await accept.close()
+        return outcome, store
+
+    outcome, store = asyncio.run(scenario())
+    assert outcome == Outcome(1, 0)
+    assert {id for _, id in store.keys} == {"a"}
+
+
+def test_split_fresh_counts_per_request() -> None:
+    a, b, c = events("a", "b", "c")
+    fresh, accepted = split_fresh([[a, b], [b, c], [a]], {c.key})
+    assert fresh == [a, b]
+    assert accepted == [2, 0, 0]
+
+
+def test_verified_tokens_are_remembered_until_they_expire() -> None:
+    principal = Principal("s", "job_center", frozenset({"agency_system"}))
+    tokens = VerifiedTokens(limit=2)
+    valid = "Bearer " + issue_dev_token("secret-of-thirty-two-bytes-at-least", sub="s", agency="job_center",
+                                        roles=["agency_system"], ttl_s=60)
+    expired = "Bearer " + issue_dev_token("secret-of-thirty-two-bytes-at-least", sub="s", agency="job_center",
+                                          roles=["agency_system"], ttl_s=-1)
+    tokens.remember(valid, principal)
+    tokens.remember(expired, principal)
+    assert tokens.get(valid) == principal
+    assert tokens.get(expired) is None
+    assert tokens.get("Bearer unknown") is None
