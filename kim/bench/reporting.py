@@ -54,7 +54,7 @@ def _wait(service, path: str, timeout_s: float = 3600) -> float:
         time.sleep(0.1)
 
 
-async def _faust_stream(bootstrap: str, count: int) -> float:
+async def _faust_stream(bootstrap: str, count: int, datadir: str) -> float:
     """events/s of a faust agent that takes events in batches from its stream and only decodes them."""
     import uuid
 
@@ -64,7 +64,7 @@ async def _faust_stream(bootstrap: str, count: int) -> float:
     from kim.topics import AGENCY_TOPICS
 
     app = faust.App(f"kim-bench-{uuid.uuid4().hex[:6]}", broker=f"kafka://{bootstrap}", web_enabled=False,
-                    store="memory://", value_serializer="raw", consumer_auto_offset_reset="earliest")
+                    datadir=datadir, store="memory://", value_serializer="raw", consumer_auto_offset_reset="earliest")
     seen, started, done = 0, 0.0, asyncio.Event()
 
     @app.agent(app.topic(*AGENCY_TOPICS, value_type=bytes))
@@ -104,7 +104,8 @@ def run(args: argparse.Namespace, settings: KimSettings) -> int:
             cpu_ready = _cpu_seconds(service.process.pid)
         finally:
             service.stop()
-        stream_rate = asyncio.run(_faust_stream(bootstrap, args.faust_stream)) if args.faust_stream else None
+        stream_rate = (asyncio.run(_faust_stream(bootstrap, args.faust_stream, str(data_dir / "faust")))
+                       if args.faust_stream else None)
     print(f"kim bench reporting: {filled:,} events on the agency topics (filled in {fill_s:.1f} s)")
     print(row("start-up (faust, table recovery)", f"{up_s:.1f} s"))
     print(row("consumed, validated, figures computed", f"{ready_s - up_s:.1f} s"))
