@@ -370,23 +370,29 @@ def create_topics(bootstrap: str, topics: list[str] | tuple[str, ...], partition
     another partition count is an error, since co-partitioning relies on it."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
-    from kafka.errors import TopicAlreadyExistsError
+    from kafka.errors import NodeNotReadyError, TopicAlreadyExistsError, UnknownBrokerIdError
 
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    deadline = time.monotonic() + timeout_s
     try:
         existing = set(admin.list_topics())
         missing = [t for t in topics if t not in existing]
-        if missing:
+        while missing:
             try:
                 admin.create_topics(
                     [NewTopic(name=t, num_partitions=partitions, replication_factor=replication_factor)
                      for t in missing],
                     timeout_ms=int(timeout_s * 1000),
                 )
+                break
             except TopicAlreadyExistsError:
-                pass  # another process created them meanwhile
+                break  # another process created them meanwhile
+            except (UnknownBrokerIdError, NodeNotReadyError):
+                # A cluster just started may name its controller before its metadata lists it.
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
         # New topics show up in the metadata a moment after creation.
-        deadline = time.monotonic() + timeout_s
         while True:
             described = admin.describe_topics(list(topics))
             wrong = {d["name"]: len(d["partitions"]) for d in described if len(d["partitions"]) != partitions}
