@@ -200,6 +200,11 @@ class SQLiteDatabase(Database):
                 check_same_thread=False,
             )
             conn.execute("PRAGMA synchronous=NORMAL")  # durable enough with WAL
+            # Projections insert at random places of their indexes (keyed by person): a
+            # checkpoint every 4 MB of log (the default) and a 2 MB page cache made
+            # SQLite rewrite and reread the same pages for every batch.
+            conn.execute("PRAGMA cache_size=-65536")  # KiB, filled only as pages are read
+            conn.execute("PRAGMA wal_autocheckpoint=10000")  # pages
             self._local.conn = conn
             with self._lock:
                 self._connections.append(conn)
