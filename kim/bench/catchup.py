@@ -1,9 +1,11 @@
 """events/s with which a fresh referral service rebuilds from the topics, against a bare consumer
 
 The topics are filled with copies of the demo district (new persons per copy) written
-straight to Kafka. The bare consumer only reads and decodes (orjson) every record;
-the referral service is started fresh and timed until `/readyz` says it has consumed
-up to the end offsets and computed every person.
+straight to Kafka. The bare consumer only reads and decodes (orjson) every record; a
+second one reads every record and validates against the contract (`contracts.decode`)
+those the referral service validates, as any validating consumer must. The referral
+service is started fresh and timed until `/readyz` says it has consumed up to the end
+offsets and computed every person.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 
@@ -48,7 +52,8 @@ async def _fill(bootstrap: str, count: int) -> int:
     return sent
 
 
-async def _bare_consumer(bootstrap: str) -> tuple[int, float]:
+async def _bare_consumer(bootstrap: str, decode: Callable[[Any], Any]) -> tuple[int, float]:
+    """Records read and seconds taken; `decode(record)` for each."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from kim.messaging import partition_counts
@@ -70,7 +75,7 @@ async def _bare_consumer(bootstrap: str) -> tuple[int, float]:
             batch = await consumer.getmany(timeout_ms=500, max_records=5000)
             for tp, records in batch.items():
                 for record in records:
-                    orjson.loads(record.value)
+                    decode(record)
                 count += len(records)
                 if records and records[-1].offset + 1 >= ends[tp]:
                     remaining.discard(tp)
@@ -80,6 +85,21 @@ async def _bare_consumer(bootstrap: str) -> tuple[int, float]:
         await consumer.stop()
 
 
+def _validate_as_referral() -> Callable[[Any], Any]:
+    """Validates the records of the types the referral service reads (their `ce_type` header)."""
+    from contracts import decode
+    from services.referral.projections import RELEVANT_EVENTS
+
+    wanted = {f"de.kim.{name}.v1".encode() for name in RELEVANT_EVENTS}
+
+    def validate(record: Any) -> Any:
+        if dict(record.headers).get("ce_type") in wanted:
+            return decode(record.value)
+        return None
+
+    return validate
+
+
 def run(args: argparse.Namespace, settings: KimSettings) -> int:
     from kim.bench._support import Service, kafka, row, scratch_dir
 
@@ -87,17 +107,21 @@ def run(args: argparse.Namespace, settings: KimSettings) -> int:
         fill_started = time.perf_counter()
         filled = asyncio.run(_fill(bootstrap, args.events))
         fill_s = time.perf_counter() - fill_started
-        bare_count, bare_s = asyncio.run(_bare_consumer(bootstrap))
+        bare_count, bare_s = asyncio.run(_bare_consumer(bootstrap, lambda record: orjson.loads(record.value)))
+        validating_count, validating_s = asyncio.run(_bare_consumer(bootstrap, _validate_as_referral()))
         referral = Service("referral", bootstrap, data_dir)
         try:
             rebuild_s = referral.wait_ready(timeout_s=3600, poll_s=0.2)
         finally:
             referral.stop()
     bare_rate = bare_count / bare_s
+    validating_rate = validating_count / validating_s
     rebuild_rate = bare_count / rebuild_s
     print(f"kim bench catchup — {filled:,} events on the agency topics (filled in {fill_s:.1f} s)")
     print(row("bare consumer (read + decode)", f"{bare_rate:,.0f} ev/s"))
+    print(row("bare consumer (read + validate as referral)", f"{validating_rate:,.0f} ev/s"))
     print(row("fresh referral service to ready", f"{rebuild_rate:,.0f} ev/s", "target >= 30,000 ev/s"))
     print(row("referral / bare consumer", f"{rebuild_rate / bare_rate:.2f}", "target >= 0.50"))
+    print(row("referral / validating bare consumer", f"{rebuild_rate / validating_rate:.2f}"))
     print(row("referral rebuild time", f"{rebuild_s:.1f} s"))
     return 0

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Collection, Iterable, Sequence
+from concurrent.futures import Executor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -73,9 +75,23 @@ Handler = Callable[[Transaction, list[ConsumedEvent[T]]], None]
 class _Batch(Generic[T]):
     """One poll's worth of work, committed in one transaction."""
 
+    pending: list[Any] = field(default_factory=list)  # records still to decode
+    decoding: asyncio.Task[None] | None = None  # fills valid and invalid from pending
     valid: list[tuple[ConsumedEvent[T], tuple[str, str] | None]] = field(default_factory=list)
     invalid: list[KafkaRecord] = field(default_factory=list)
     advanced: dict[TopicPartition, int] = field(default_factory=dict)  # next offsets
+
+
+def decode_values(decode: Callable[[bytes], T], values: Sequence[bytes]) -> list[tuple[T | None, str | None]]:
+    """``(event, None)``, or ``(None, why)`` where ``decode`` raised, per value. Module-level,
+    so that a process pool can run it."""
+    results: list[tuple[T | None, str | None]] = []
+    for value in values:
+        try:
+            results.append((decode(value), None))
+        except Exception as exc:  # any decoder failure dead-letters the record
+            results.append((None, f"{type(exc).__name__}: {exc}"))
+    return results
 
 
 def decode_envelope(value: bytes) -> dict[str, Any]:
@@ -147,6 +163,11 @@ class TrackedConsumer(Generic[T]):
     ``event_key=None`` disables deduplication. ``event_types`` (CloudEvents
     types) skips records whose ``ce_type`` header names another type, without
     decoding them; records without that header are decoded as usual.
+
+    ``decode_in`` (an executor, typically a process pool; ``decode`` must then be
+    picklable and return small picklable values) decodes each batch there while
+    this process fetches the next one; without it, batches are decoded in the
+    event loop.
     """
 
     def __init__(
@@ -169,6 +190,7 @@ class TrackedConsumer(Generic[T]):
         isolation_level: str = "read_committed",
         startup_timeout: float = 30.0,
         event_types: Collection[str] | None = None,
+        decode_in: Executor | None = None,
     ) -> None:
         if sum(x is not None for x in (group_id, partitions, member)) > 1:
             raise ValueError("choose at most one of group_id, partitions, member")
@@ -190,6 +212,7 @@ class TrackedConsumer(Generic[T]):
         self.isolation_level = isolation_level
         self.startup_timeout = startup_timeout
         self.event_types = None if event_types is None else frozenset(t.encode() for t in event_types)
+        self.decode_in = decode_in
 
         self.applied = 0  # events handed to the handler and committed
         self.duplicates = 0
@@ -211,6 +234,7 @@ class TrackedConsumer(Generic[T]):
         self._targets: dict[TopicPartition, int] = {}
         self._reached: set[TopicPartition] = set()
         self._assigned = False
+        self._caught_up = asyncio.Event()  # mirrors caught_up(), for wait_caught_up()
         self._assignment_error: BaseException | None = None
 
     # -- public -----------------------------------------------------------
@@ -218,6 +242,10 @@ class TrackedConsumer(Generic[T]):
     def caught_up(self) -> bool:
         """Applied up to the end offsets that existed when partitions were assigned."""
         return self._assigned and self._reached.issuperset(self._targets)
+
+    async def wait_caught_up(self) -> None:
+        """Return once ``caught_up()`` holds; it may no longer hold after a rebalance."""
+        await self._caught_up.wait()
 
     def owned_partitions(self) -> list[int] | None:
         """Partition numbers this member owns on every topic now; None before an assignment."""
@@ -257,9 +285,14 @@ class TrackedConsumer(Generic[T]):
                     timeout_ms=int(self.poll_timeout * 1000), max_records=self.max_records
                 )
                 async with self._batch_lock:
-                    # Decoding this batch overlaps the commit of the previous one.
+                    # Decoding a batch overlaps the commit of the previous one, committing
+                    # it overlaps fetching the next one.
                     batch = self._prepare(records)
+                    if batch is not None:
+                        batch.decoding = asyncio.create_task(self._decode(batch))
                     if not await self._finish_in_flight():
+                        if batch is not None and batch.decoding is not None:
+                            batch.decoding.cancel()
                         continue  # the prepared batch was read past a stale position
                     if batch is not None:
                         await self._start_commit(batch)
@@ -270,6 +303,7 @@ class TrackedConsumer(Generic[T]):
                 await self._finish_in_flight()
             finally:
                 self._assigned = False
+                self._note_progress()
                 await consumer.stop()
                 if self._owns_dlq and self._dlq is not None:
                     await self._dlq.stop()
@@ -316,6 +350,7 @@ class TrackedConsumer(Generic[T]):
         self._targets = await consumer.end_offsets(tps) if tps else {}
         self._reached = {tp for tp in tps if (self._stored[tp] or 0) >= self._targets[tp]}
         self._assigned = True
+        self._note_progress()
         log.info("%s: assigned %d partition(s)", self.name, len(tps))
 
     def _on_revoked(self) -> None:
@@ -324,6 +359,13 @@ class TrackedConsumer(Generic[T]):
         self._next = {}
         self._targets = {}
         self._reached = set()
+        self._note_progress()
+
+    def _note_progress(self) -> None:
+        if self.caught_up():
+            self._caught_up.set()
+        else:
+            self._caught_up.clear()
 
     def _seek_to_stored(self, consumer: AIOKafkaConsumer, tps: Iterable[TopicPartition]) -> None:
         for tp in tps:
@@ -349,43 +391,57 @@ class TrackedConsumer(Generic[T]):
         for tp, tp_records in records.items():
             if tp not in self._next:
                 continue  # revoked, or its position is not loaded
-            for record in tp_records:
-                # Records fetched before our seek took effect.
-                if record.offset < self._next[tp]:
-                    continue
-                batch.advanced[tp] = self._next[tp] = record.offset + 1
-                if self.event_types is not None:
-                    event_type = _ce_type(record)
-                    if event_type is not None and event_type not in self.event_types:
-                        continue  # a type this consumer has no use for: not decoded, not kept
-                try:
-                    event = self.decode(record.value)
-                    key = self.event_key(event) if self.event_key is not None else None
-                except Exception as exc:  # any decoder failure dead-letters the record
-                    reason = f"{type(exc).__name__}: {exc}"
-                    batch.invalid.append(dead_letter_record(record, reason, self.name))
-                    continue
-                batch.valid.append(
-                    (
-                        ConsumedEvent(
-                            record.topic,
-                            record.partition,
-                            record.offset,
-                            record.timestamp,
-                            record.key,
-                            event,
-                        ),
-                        key,
-                    )
-                )
+            start = self._next[tp]
+            # Not those fetched before our seek took effect.
+            fresh = [record for record in tp_records if record.offset >= start]
+            if not fresh:
+                continue
+            batch.advanced[tp] = self._next[tp] = fresh[-1].offset + 1
+            if self.event_types is None:
+                batch.pending += fresh
+            else:
+                # Types this consumer has no use for are not decoded, not kept.
+                wanted = self.event_types
+                batch.pending += [r for r in fresh if (event_type := _ce_type(r)) is None or event_type in wanted]
         return batch if batch.advanced else None
 
     async def _start_commit(self, batch: _Batch[T]) -> None:
+        self._in_flight = (batch, asyncio.create_task(self._decode_and_commit(batch)))
+
+    async def _decode_and_commit(self, batch: _Batch[T]) -> int:
+        assert batch.decoding is not None
+        await batch.decoding
         if batch.invalid:
             # Before the positions move past them, so none is ever lost.
             await self._dead_letter(batch.invalid)
-        task = asyncio.create_task(asyncio.to_thread(self._commit, batch.valid, batch.advanced))
-        self._in_flight = (batch, task)
+        return await asyncio.to_thread(self._commit, batch.valid, batch.advanced)
+
+    async def _decode(self, batch: _Batch[T]) -> None:
+        values = [record.value for record in batch.pending]
+        results = None
+        if self.decode_in is not None and values:
+            try:
+                results = await asyncio.get_running_loop().run_in_executor(
+                    self.decode_in, decode_values, self.decode, values
+                )
+            except BrokenProcessPool:
+                log.warning("%s: the decoding process is gone; decoding here from now on", self.name)
+                self.decode_in = None
+        if results is None:
+            results = decode_values(self.decode, values)
+        for record, (event, reason) in zip(batch.pending, results):
+            key = None
+            if reason is None and self.event_key is not None:
+                try:
+                    key = self.event_key(event)
+                except Exception as exc:  # as a decoder failure
+                    reason = f"{type(exc).__name__}: {exc}"
+            if reason is not None:
+                batch.invalid.append(dead_letter_record(record, reason, self.name))
+                continue
+            consumed = ConsumedEvent(record.topic, record.partition, record.offset, record.timestamp, record.key, event)
+            batch.valid.append((consumed, key))
+        batch.pending = []
 
     async def _finish_in_flight(self) -> bool:
         """Wait for the commit in flight; False if it lost a position conflict."""
@@ -407,6 +463,7 @@ class TrackedConsumer(Generic[T]):
                 self._stored[tp] = offset
                 if offset >= self._targets.get(tp, 0):
                     self._reached.add(tp)
+        self._note_progress()
         return True
 
     async def _note_drained(self, consumer: AIOKafkaConsumer) -> None:
@@ -422,6 +479,7 @@ class TrackedConsumer(Generic[T]):
                 continue  # being rebalanced away
             if position >= target:
                 self._reached.add(tp)
+        self._note_progress()
 
     async def _reload_positions(self) -> None:
         consumer = self._consumer

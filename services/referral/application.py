@@ -7,12 +7,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from contracts import ValidatedEvent
 from kim.auth import Principal
 from kim.messaging import ConsumedEvent
 from kim.storage import Database, Transaction
 from services.referral.domain import PersonState, compute, derived_events, retractions
-from services.referral.projections import RELEVANT_EVENTS, ReferralStore
+from services.referral.projections import RELEVANT_EVENTS, ROW_EVENT_NAME, ROW_SUBJECT, FactRow, ReferralStore
 from services.referral.rules import RulesConfig
 
 Clock = Callable[[], datetime]
@@ -51,8 +50,9 @@ def scope_of(principal: Principal) -> Scope | None:
 
 class Referral:
     """Facts are stored by the consumer's handler; persons are recomputed apart from it,
-    in chunks, so that a person touched by many batches during a catch-up is computed
-    once per chunk rather than once per batch."""
+    in chunks. A chunk is read and computed outside the write lock, so that processes
+    computing the persons of different partitions work side by side; its rows are
+    written only for persons that got no facts meanwhile (the others stay due)."""
 
     def __init__(self, db: Database, rules: RulesConfig, encode_derived: DerivedEncoder,
                  clock: Clock = utc_now, on_stale: Callable[[], None] = lambda: None,
@@ -63,43 +63,47 @@ class Referral:
         self._clock = clock
         self._on_stale = on_stale
         self._chunk = chunk
-        # Serialises recomputations in this process (SQLite would refuse a write
-        # after a read that another writer overtook).
+        # One recomputation at a time in this process: two would compute the same persons.
         self._recompute_lock = threading.Lock()
 
     @property
     def db(self) -> Database:
         return self._db
 
-    def apply(self, tx: Transaction, events: list[ConsumedEvent[ValidatedEvent]]) -> None:
+    def apply(self, tx: Transaction, events: list[ConsumedEvent[FactRow]]) -> None:
         """Handler of the tracked consumer: runs in its transaction."""
-        relevant = [e for e in events if e.event.event_name in RELEVANT_EVENTS]
+        relevant = [e for e in events if e.event[ROW_EVENT_NAME] in RELEVANT_EVENTS]
         if not relevant:
             return
         ReferralStore.add_facts(tx, [e.event for e in relevant])
-        ReferralStore.mark_stale(tx, {e.event.subject: e.partition for e in relevant})
+        ReferralStore.mark_stale(tx, {e.event[ROW_SUBJECT]: e.partition for e in relevant})
         self._on_stale()
 
     def recompute_due(self, partitions: Sequence[int] | None) -> int:
         """Recompute one chunk of the persons (of `partitions`; None: all) with new facts
-        or a passed deadline; returns how many, so callers repeat while it is a full chunk."""
-        with self._recompute_lock, self._db.transaction() as tx:
+        or a passed deadline; returns how many were due, so callers repeat until none is.
+        Persons whose facts changed meanwhile are not stored and stay due."""
+        with self._recompute_lock:
             now = self._clock()
-            due = ReferralStore.due_persons(tx, now, partitions, self._chunk)
-            if not due:
-                return 0
-            facts = ReferralStore.facts_of(tx, due)
+            with self._db.transaction(readonly=True) as tx:
+                due = ReferralStore.due_persons(tx, now, partitions, self._chunk)
+                if not due:
+                    return 0
+                facts = ReferralStore.facts_of(tx, list(due))
+                published = ReferralStore.outbox_ids(tx, list(due))
+                opened = ReferralStore.opened_gaps(tx, list(due))
             states = {s: compute(facts[s], self._rules, now) for s in due}
-            ReferralStore.replace_persons(tx, states, now)
-            published = ReferralStore.outbox_ids(tx, due)
-            opened = ReferralStore.opened_gaps(tx, due)
             derived = [d for s, state in states.items() for d in derived_events(state, s) if d.event_id not in published]
             closed = {d.event_id for d in derived} | published
             for subject, gaps in opened.items():
                 derived += retractions(states[subject], subject, gaps,
                                        {gap_id for gap_id in gaps
                                         if f"JurisdictionGapClosed:{subject}:{gap_id}" in closed})
-            ReferralStore.add_to_outbox(tx, [(d, self._encode(d, now)) for d in derived])
+            envelopes = [(d, self._encode(d, now)) for d in derived]
+            with self._db.transaction() as tx:
+                kept = ReferralStore.unchanged(tx, due)
+                ReferralStore.replace_persons(tx, {s: state for s, state in states.items() if s in kept}, now)
+                ReferralStore.add_to_outbox(tx, [(d, envelope) for d, envelope in envelopes if d.subject in kept])
             return len(due)
 
     def settled(self, partitions: Sequence[int]) -> bool:

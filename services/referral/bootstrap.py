@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import logging
 import os
 import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import asynccontextmanager
+from multiprocessing import get_context
+from pathlib import Path
 
 import anyio
 from fastapi import FastAPI
@@ -24,20 +33,77 @@ from services.referral.settings import ReferralSettings
 
 log = logging.getLogger(__name__)
 
+# The worker process's own view of the store (set by `_start_worker`).
+_worker_referral: Referral | None = None
 
-async def _recompute(referral: Referral, consumer: TrackedConsumer, tick_s: float, wake: asyncio.Event,
-                     stopping: asyncio.Event) -> None:
+
+def _start_worker(store_url: str, rules_file: Path | None) -> None:
+    global _worker_referral
+    gc.freeze()  # what the imports made lives for ever: never scan it again
+    _worker_referral = Referral(Database.from_url(store_url), load_rules(rules_file), encode_derived)
+    threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with(parent: int) -> None:
+    """A service killed outright (SIGKILL) cannot stop its worker, which would wait for work for ever."""
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(1)
+
+
+def _recompute_in_worker(partitions: Sequence[int]) -> int:
+    assert _worker_referral is not None
+    return _worker_referral.recompute_due(partitions)
+
+
+async def _recompute_due(referral: Referral, worker: Executor | None, owned: list[int],
+                         going_on: Callable[[], bool]) -> None:
+    """Recompute the due persons of `owned`, chunk after chunk, until none is left or `going_on()`
+    fails; with a worker, the persons of every other partition there, at the same time."""
+    async def here(partitions: list[int]) -> int:
+        return await anyio.to_thread.run_sync(referral.recompute_due, partitions)
+
+    async def there(partitions: list[int]) -> int:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(worker, _recompute_in_worker, partitions)
+        except BrokenProcessPool:
+            log.warning("the worker process is gone; computing its persons here")
+            return await here(partitions)
+
+    async def until_done(recompute: Callable[[list[int]], Awaitable[int]], partitions: list[int]) -> None:
+        while going_on() and await recompute(partitions) > 0:
+            pass
+
+    if worker is None or len(owned) < 2:
+        await until_done(here, owned)
+    else:
+        await asyncio.gather(until_done(here, owned[::2]), until_done(there, owned[1::2]))
+
+
+async def _recompute(referral: Referral, worker: Executor | None, consumer: TrackedConsumer, tick_s: float,
+                     wake: asyncio.Event, stopping: asyncio.Event, quiet: asyncio.Event) -> None:
     """Recompute persons with new facts as soon as they are stored, and persons whose
     deadline passed within `tick_s` without any event arriving (§4). Each instance
-    looks after the persons of the partitions it owns."""
+    looks after the persons of the partitions it owns. While the consumer catches up
+    (at start, after a rebalance) nobody is recomputed: each person touched then is
+    computed once at the end rather than once per batch of their facts. `quiet` is clear
+    while persons are being computed."""
     while not stopping.is_set():
         wake.clear()
+        if not consumer.caught_up():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(consumer.wait_caught_up(), tick_s)
+            continue
         try:
             owned = consumer.owned_partitions()
-            if owned is not None and await anyio.to_thread.run_sync(referral.recompute_due, owned) >= 1:
-                continue  # more may be waiting
+            if owned is not None:
+                quiet.clear()
+                await _recompute_due(referral, worker, owned,
+                                     lambda: consumer.caught_up() and not stopping.is_set())
         except Exception:
             log.exception("recomputing persons failed; retrying")
+        finally:
+            quiet.set()
         try:
             await asyncio.wait_for(wake.wait(), tick_s)
         except TimeoutError:
@@ -63,9 +129,17 @@ def create_app(settings: ReferralSettings) -> FastAPI:
         db = Database.from_url(settings.store_url("referral"))
         db.ensure_schema(SCHEMA)
         loop = asyncio.get_running_loop()
-        wake, stopping = asyncio.Event(), asyncio.Event()
+        wake, stopping, quiet = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        quiet.set()
         referral = Referral(db, rules, encode_derived, on_stale=lambda: loop.call_soon_threadsafe(wake.set))
-        consumer = agency_consumer(referral, db, settings.bootstrap, settings.referral_group)
+        # Validating an event costs the most per event, computing a person the most per person:
+        # a second process validates while this one reads Kafka, and computes half of the persons.
+        worker = None
+        if len(os.sched_getaffinity(0)) > 1:
+            worker = ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_start_worker,
+                                         initargs=(settings.store_url("referral"), settings.rules_file))
+            worker.submit(int)  # starts it while the consumer joins its group
+        consumer = agency_consumer(referral, db, settings.bootstrap, settings.referral_group, decode_in=worker)
         # Instances of a group publish side by side: each needs a hash chain of its own.
         producer = EventProducer(settings.bootstrap, client_id="kim-referral",
                                  chain=f"kim-referral-{socket.gethostname()}-{os.getpid()}")
@@ -73,8 +147,9 @@ def create_app(settings: ReferralSettings) -> FastAPI:
         app.state.token_verifier = verifier
         app.state.consumer = consumer
         tasks = [asyncio.create_task(_consume(consumer, app), name="referral-consumer"),
-                 asyncio.create_task(_recompute(referral, consumer, settings.referral_tick_s, wake, stopping)),
-                 asyncio.create_task(publish_derived(db, producer, stopping))]
+                 asyncio.create_task(_recompute(referral, worker, consumer, settings.referral_tick_s, wake, stopping,
+                                                quiet)),
+                 asyncio.create_task(publish_derived(db, producer, stopping, quiet))]
         try:
             yield
         finally:
@@ -82,6 +157,8 @@ def create_app(settings: ReferralSettings) -> FastAPI:
             consumer.stop()
             await asyncio.gather(*tasks, return_exceptions=True)
             await producer.stop()
+            if worker is not None:
+                worker.shutdown(cancel_futures=True)
             db.close()
 
     app = FastAPI(title="KIM referral", version="1", lifespan=lifespan,

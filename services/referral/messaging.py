@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from concurrent.futures import Executor
 from datetime import datetime
 
 import anyio
@@ -16,7 +18,7 @@ from kim.storage import Database
 from kim.topics import AGENCY_TOPICS, service_topic
 from services.referral.application import Referral
 from services.referral.domain import DerivedEvent, rfc3339
-from services.referral.projections import RELEVANT_EVENTS, ReferralStore
+from services.referral.projections import RELEVANT_EVENTS, FactRow, ReferralStore, fact_row
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +37,27 @@ def encode_derived(event: DerivedEvent, recorded: datetime) -> bytes:
     })
 
 
-def agency_consumer(referral: Referral, db: Database, bootstrap: str, group: str) -> TrackedConsumer:
+def decode_fact(value: bytes) -> FactRow:
+    """A record validated against the contract (else InvalidEvent: dead-lettered), as the row of its fact:
+    small to send back from a decoding process."""
+    return fact_row(decode(value))
+
+
+def agency_consumer(referral: Referral, db: Database, bootstrap: str, group: str,
+                    decode_in: Executor | None = None) -> TrackedConsumer:
     # Only the types that change responsibility are decoded; the other services validate the rest.
     # No separate seen-set: the facts table is keyed by (source, id), so a repeat changes nothing.
+    # Large polls during a catch-up: fewer transactions, each touching a page of the facts once.
     return TrackedConsumer("referral", list(AGENCY_TOPICS), db, referral.apply, bootstrap_servers=bootstrap,
-                           decode=decode, event_key=None, group_id=group,
-                           event_types=[f"de.kim.{name}.v1" for name in RELEVANT_EVENTS])
+                           decode=decode_fact, event_key=None, group_id=group, decode_in=decode_in,
+                           event_types=[f"de.kim.{name}.v1" for name in RELEVANT_EVENTS], max_records=20000)
 
 
-async def publish_derived(db: Database, producer: EventProducer, stopping: asyncio.Event,
+async def publish_derived(db: Database, producer: EventProducer, stopping: asyncio.Event, quiet: asyncio.Event,
                           interval_s: float = 0.1) -> None:
-    """Drain the outbox onto kim.referral.events, at least once (ids are stable)."""
+    """Drain the outbox onto kim.referral.events, at least once (ids are stable), while `quiet` is set:
+    a recomputation under way (thousands of persons after a catch-up) goes first, since readiness
+    waits for it and its writes would otherwise queue behind ours."""
     def fetch() -> list[tuple[str, bytes]]:
         with db.transaction(readonly=True) as tx:
             return ReferralStore.unpublished(tx)
@@ -55,6 +67,10 @@ async def publish_derived(db: Database, producer: EventProducer, stopping: async
             ReferralStore.mark_published(tx, ids)
 
     while not stopping.is_set():
+        if not quiet.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(quiet.wait(), interval_s)
+            continue
         try:
             pending = await anyio.to_thread.run_sync(fetch)
             if pending:

@@ -31,7 +31,9 @@ SCHEMA = (
         subject TEXT NOT NULL, source TEXT NOT NULL, id TEXT NOT NULL, event_name TEXT NOT NULL,
         agency TEXT NOT NULL, time TEXT NOT NULL, recorded_time TEXT NOT NULL, data TEXT NOT NULL,
         PRIMARY KEY (subject, source, id))""",
-    # `stale`: facts arrived since the last computation; `next_deadline`: when time alone changes the state.
+    # `stale`: a version that every batch of new facts raises in magnitude, positive while the person waits
+    # for a computation and negated by it (0: never had a version), so that a computation is stored only
+    # if the version it read is still there; `next_deadline`: when time alone changes the state.
     """CREATE TABLE IF NOT EXISTS referral_persons (
         subject TEXT PRIMARY KEY, partition INTEGER NOT NULL, stale INTEGER NOT NULL, next_deadline TEXT,
         computed_at TEXT)""",
@@ -114,9 +116,14 @@ def person_rows(subject: str, state: PersonState) -> PersonRows:
     )
 
 
-def fact_row(event: ValidatedEvent) -> tuple:
-    """The stored form of a fact: times kept as the producer wrote them (parsed on loading),
-    so that the hot path of a catch-up parses no dates."""
+FactRow = tuple[str, str, str, str, str, str, str, str]
+"""The stored form of a fact: (source, id, subject, event_name, agency, time, recorded_time, data as JSON).
+Times are kept as the producer wrote them (parsed on loading), so that the hot path of a catch-up
+parses no dates; a plain tuple, as it comes back from the process that decodes."""
+ROW_SUBJECT, ROW_EVENT_NAME = 2, 3
+
+
+def fact_row(event: ValidatedEvent) -> FactRow:
     envelope = event.envelope
     return (envelope.source, envelope.id, envelope.subject, event.event_name, envelope.source.split(":")[2],
             envelope.time, envelope.recordedtime, orjson.dumps(envelope.data).decode())
@@ -131,18 +138,18 @@ class ReferralStore:
     """SQL side of the read models; every method runs inside a caller's transaction."""
 
     @staticmethod
-    def add_facts(tx: Transaction, events: Sequence[ValidatedEvent]) -> None:
+    def add_facts(tx: Transaction, rows: Sequence[FactRow]) -> None:
         tx.executemany(
             "INSERT INTO referral_facts (source, id, subject, event_name, agency, time, recorded_time, data) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (subject, source, id) DO NOTHING",
-            [fact_row(e) for e in events],
+            rows,
         )
 
     @staticmethod
     def mark_stale(tx: Transaction, partitions: dict[str, int]) -> None:
         tx.executemany(
-            "INSERT INTO referral_persons (subject, partition, stale) VALUES (?, ?, 1) "
-            "ON CONFLICT (subject) DO UPDATE SET stale = 1, partition = excluded.partition",
+            "INSERT INTO referral_persons (subject, partition, stale) VALUES (?, ?, 1) ON CONFLICT (subject) "
+            "DO UPDATE SET stale = ABS(referral_persons.stale) + 1, partition = excluded.partition",
             sorted(partitions.items()),
         )
 
@@ -150,7 +157,7 @@ class ReferralStore:
     def any_stale(tx: Transaction, partitions: Sequence[int]) -> bool:
         if not partitions:
             return False
-        tx.execute(f"SELECT 1 FROM referral_persons WHERE stale = 1 AND partition IN ({_marks(partitions)}) LIMIT 1",
+        tx.execute(f"SELECT 1 FROM referral_persons WHERE stale > 0 AND partition IN ({_marks(partitions)}) LIMIT 1",
                    list(partitions))
         return tx.fetchone() is not None
 
@@ -163,6 +170,15 @@ class ReferralStore:
                 f"WHERE subject IN ({_marks(chunk)})", chunk)
             for row in tx.fetchall():
                 found[row[2]].append(_fact(row))
+        return found
+
+    @staticmethod
+    def unchanged(tx: Transaction, due: dict[str, int]) -> set[str]:
+        """The persons of `due` (subject → `stale` when read) that got no facts since."""
+        found: set[str] = set()
+        for chunk in _chunks(list(due)):
+            tx.execute(f"SELECT subject, stale FROM referral_persons WHERE subject IN ({_marks(chunk)})", chunk)
+            found.update(subject for subject, stale in tx.fetchall() if stale == due[subject])
         return found
 
     @staticmethod
@@ -183,22 +199,22 @@ class ReferralStore:
         tx.executemany("INSERT INTO referral_reviews (review_id, subject, area, agency, held_since, due) "
                        "VALUES (?, ?, ?, ?, ?, ?)", [r for p in rows for r in p.reviews])
         tx.executemany(
-            "UPDATE referral_persons SET stale = 0, next_deadline = ?, computed_at = ? WHERE subject = ?",
+            "UPDATE referral_persons SET stale = -ABS(stale), next_deadline = ?, computed_at = ? WHERE subject = ?",
             [(_sortable(state.next_deadline), rfc3339(now), s) for s, state in states.items()],
         )
 
     @staticmethod
-    def due_persons(tx: Transaction, now: datetime, partitions: Sequence[int] | None, limit: int) -> list[str]:
-        """Persons to recompute: with new facts, or whose next deadline has passed."""
-        sql = "SELECT subject FROM referral_persons WHERE (stale = 1 OR next_deadline <= ?)"
+    def due_persons(tx: Transaction, now: datetime, partitions: Sequence[int] | None, limit: int) -> dict[str, int]:
+        """Persons to recompute, with new facts or whose next deadline has passed: subject → `stale`."""
+        sql = "SELECT subject, stale FROM referral_persons WHERE (stale > 0 OR next_deadline <= ?)"
         params: list[object] = [_sortable(now)]
         if partitions is not None:
             if not partitions:
-                return []
+                return {}
             sql += f" AND partition IN ({_marks(partitions)})"
             params += list(partitions)
         tx.execute(sql + f" LIMIT {int(limit)}", params)
-        return [row[0] for row in tx.fetchall()]
+        return dict(tx.fetchall())
 
     @staticmethod
     def outbox_ids(tx: Transaction, subjects: Sequence[str]) -> set[str]:
