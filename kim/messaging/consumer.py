@@ -270,6 +270,9 @@ class TrackedConsumer(Generic[T]):
             # (all ours have one partition count), so a person's events from all
             # agencies reach one member: co-partitioning.
             partition_assignment_strategy=(RangePartitionAssignor,),
+            # A fetch only for partitions read to their end waits this long on the broker,
+            # and the partitions still being read wait behind it (aiokafka's default: 500 ms).
+            fetch_max_wait_ms=100,
         )
         self._consumer = consumer
         if self.group_id is not None:

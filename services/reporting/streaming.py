@@ -43,6 +43,9 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer = super()._create_worker_consumer(transport)
         # faust reads committed records only with exactly-once processing; we need it always.
         consumer._isolation_level = "read_committed"
+        # faust asks the broker to hold a fetch up to 1.5 s when it has nothing new: a
+        # fetch for partitions read to their end then stalls the partitions still being read.
+        consumer._fetch_max_wait_ms = 100
         return consumer
 
     def highwater(self, tp: TP) -> int:
