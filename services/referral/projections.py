@@ -174,10 +174,15 @@ class ReferralStore:
 
     @staticmethod
     def unchanged(tx: Transaction, due: dict[str, int]) -> set[str]:
-        """The persons of `due` (subject → `stale` when read) that got no facts since."""
+        """The persons of `due` (subject → `stale` when read) that got no facts since.
+
+        On PostgreSQL their rows stay locked until the caller's transaction ends, so that no batch of
+        facts can raise a version between this check and the write (SQLite's write transactions
+        exclude each other anyway). Locked in subject order, as `mark_stale` does, so no deadlock."""
+        lock = " ORDER BY subject FOR UPDATE" if tx.dialect == "postgresql" else ""
         found: set[str] = set()
-        for chunk in _chunks(list(due)):
-            tx.execute(f"SELECT subject, stale FROM referral_persons WHERE subject IN ({_marks(chunk)})", chunk)
+        for chunk in _chunks(sorted(due)):
+            tx.execute(f"SELECT subject, stale FROM referral_persons WHERE subject IN ({_marks(chunk)}){lock}", chunk)
             found.update(subject for subject, stale in tx.fetchall() if stale == due[subject])
         return found
 
