@@ -31,12 +31,14 @@ class Store:
         self.keys: set[tuple[str, str]] = set()
         self.held: set[str] = set()  # ids whose recording waits for `release`
         self.release = threading.Event()
+        self.holding = threading.Event()  # set once a held recording waits
 
     def known(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
         return self.keys.intersection(keys)
 
     def record(self, published: Sequence[Publishable]) -> None:
         if self.held.intersection(e.event.id for e in published):
+            self.holding.set()
             assert self.release.wait(10)
         self.keys.update(e.key for e in published)
 
@@ -72,8 +74,7 @@ def test_events_published_but_not_yet_recorded_are_duplicates_for_the_next_group
         accept = AcceptEvents(store, kafka)
         store.held = {"a"}
         first = asyncio.create_task(accept(events("a")))
-        while not kafka.published:
-            await asyncio.sleep(0.001)
+        assert await asyncio.to_thread(store.holding.wait, 10)
         second = await accept(events("a", "b"))  # while "a" is being recorded
         assert not first.done()  # answered only once recorded
         store.release.set()
