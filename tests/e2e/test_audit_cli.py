@@ -4,28 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import orjson
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
-from kim.audit import topics as audit_topics
 from kim.auth import issue_dev_token
 from kim.demo import generate_district
-from kim.infra.kafka import create_topics, free_port
+from kim.infra.kafka import create_topics
 from kim.messaging import EventProducer
 from kim.topics import ALL_TOPICS, EVENT_TOPICS
-from tests.conftest import wait_until
+from tests.e2e.processes import ROOT, intake_process
+from tests.topic_records import committed
 
-ROOT = Path(__file__).resolve().parents[2]
 SECRET = "audit-cli-secret-of-thirty-two-bytes!!"
 
 
@@ -51,16 +47,7 @@ async def publish_chained(bootstrap: str, prefix: str, events: list[dict]) -> No
 
 async def copy_with_one_altered(bootstrap: str, source: str, target: str) -> tuple[int, int, str]:
     """Copy `source` to `target` record for record; alter the first event; returns where it is."""
-    ends = await audit_topics.end_offsets(bootstrap, [TopicPartition(source, p) for p in range(6)])
-    client = audit_topics.consumer(bootstrap)
-    await client.start()
-    records = defaultdict(list)
-    try:
-        async for batch in audit_topics.read(client, ends):
-            for record in batch:
-                records[record.partition].append(record)
-    finally:
-        await client.stop()
+    records = await committed(bootstrap, source, 6)
     partition = min(records)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
@@ -118,30 +105,6 @@ def test_replay_is_reproducible_and_verify_finds_a_tampered_copy(kafka_bootstrap
     assert wrong.returncode == 2 and "RFC 3339" in wrong.stderr
 
 
-@contextmanager
-def intake(env: dict[str, str], log: Path) -> Iterator[str]:
-    port = free_port()
-    with log.open("a") as out:
-        process = subprocess.Popen([sys.executable, "-m", "services.intake", "--port", str(port)], cwd=ROOT,
-                                   env={**env, "KIM_INTAKE_GROUP": f"intake-{uuid.uuid4().hex[:6]}"},
-                                   stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        assert process.poll() is None, log.read_text()
-        try:
-            return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(ready, timeout=60, interval=0.2, message="intake ready")
-        yield base
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
-
-
 def test_access_log_says_who_read_a_persons_data(kafka_bootstrap, tmp_path):
     create_topics(kafka_bootstrap, ALL_TOPICS, partitions=6)
     env = environment(kafka_bootstrap, tmp_path / "data")
@@ -149,7 +112,8 @@ def test_access_log_says_who_read_a_persons_data(kafka_bootstrap, tmp_path):
                                                             roles=["case_manager"])}
     person = {"given_name": "Amal", "family_name": "Testfall", "birth_date": "1990-01-01",
               "municipality": "Laupheim", "arrival_date": "2023-01-01", "country_of_origin": "SY"}
-    with intake(env, tmp_path / "intake.log") as base:
+    with intake_process({**env, "KIM_INTAKE_GROUP": f"intake-{uuid.uuid4().hex[:6]}"},
+                        tmp_path / "intake.log") as base:
         subject = httpx.post(f"{base}/v1/persons", json=person, headers=manager).json()["subject"]
         assert httpx.get(f"{base}/v1/persons/{subject}", params={"purpose": "Hilfeplangespräch"},
                          headers=manager).status_code == 200

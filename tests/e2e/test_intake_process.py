@@ -7,12 +7,9 @@ from __future__ import annotations
 import base64
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -20,10 +17,9 @@ import httpx
 from kim.auth import issue_dev_token
 from kim.infra.kafka import create_topics, free_port
 from kim.topics import ALL_TOPICS
-from tests.conftest import wait_until
+from tests.e2e.processes import ROOT, intake_process
 
 SECRET = "intake-process-secret-of-32-bytes-or-more"
-ROOT = Path(__file__).resolve().parents[2]
 CM = {"authorization": "Bearer " + issue_dev_token(SECRET, sub="cm", agency="integration_center",
                                                    roles=["case_manager"])}
 ADMIN = {"authorization": "Bearer " + issue_dev_token(SECRET, sub="adm", agency="integration_center",
@@ -37,30 +33,6 @@ def environment(bootstrap: str, data_dir: Path, **more: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KIM_")}
     return {**env, "KIM_KAFKA_BOOTSTRAP": bootstrap, "KIM_DATA_DIR": str(data_dir),
             "KIM_AUTH_HS256_SECRET": SECRET, "KIM_INTAKE_GROUP": f"intake-{uuid.uuid4().hex[:6]}", **more}
-
-
-@contextmanager
-def intake_process(env: dict[str, str], log: Path) -> Iterator[str]:
-    port = free_port()
-    with log.open("a") as out:
-        process = subprocess.Popen([sys.executable, "-m", "services.intake", "--port", str(port)], cwd=ROOT,
-                                   env=env, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        assert process.poll() is None, log.read_text()
-        try:
-            return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(ready, timeout=60, interval=0.2, message="intake ready")
-        yield base
-    finally:
-        process.send_signal(signal.SIGTERM)
-        # uvicorn shuts down gracefully, then re-raises the signal it caught
-        assert process.wait(timeout=30) in (0, -signal.SIGTERM), log.read_text()
 
 
 def test_data_survive_restarts_erasures_stay_and_a_wrong_master_key_is_refused(kafka_bootstrap, tmp_path):

@@ -9,12 +9,12 @@ from dataclasses import replace
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
-from kim.audit import topics as audit_topics
 from kim.audit.verify import run_chains
 from kim.infra.kafka import create_topics
 from kim.messaging import EventProducer, PublishFailed, event_headers
+from tests.topic_records import committed
 
 
 def envelope(n: int, subject: str, agency: str = "job_center") -> dict:
@@ -25,21 +25,6 @@ def envelope(n: int, subject: str, agency: str = "job_center") -> dict:
 
 def batch(first: int, count: int) -> list[dict]:
     return [envelope(n, f"P-{n % 7}") for n in range(first, first + count)]
-
-
-async def committed(bootstrap: str, topic: str) -> dict[int, list]:
-    """The committed records of `topic` per partition, in offset order."""
-    ends = await audit_topics.end_offsets(bootstrap, [TopicPartition(topic, p) for p in range(3)])
-    client = audit_topics.consumer(bootstrap)
-    await client.start()
-    out: dict[int, list] = defaultdict(list)
-    try:
-        async for records in audit_topics.read(client, ends):
-            for record in records:
-                out[record.partition].append(record)
-    finally:
-        await client.stop()
-    return out
 
 
 async def write_copy(bootstrap: str, topic: str, partitions: dict[int, list]) -> None:
@@ -82,7 +67,7 @@ def test_chains_continue_across_restarts_and_aborted_transactions(kafka_bootstra
     report = run_chains(kafka_bootstrap, f"{topic_prefix}.*", [])
     assert report.problems == []
     assert report.events_checked == 50 and report.unchained == 0
-    records = asyncio.run(committed(kafka_bootstrap, chained_topic))
+    records = asyncio.run(committed(kafka_bootstrap, chained_topic, 3))
     seqs = defaultdict(list)
     for partition, items in records.items():
         for record in items:
@@ -94,7 +79,7 @@ def test_chains_continue_across_restarts_and_aborted_transactions(kafka_bootstra
 
 
 def test_every_tampering_with_a_copy_is_found_where_it_happened(kafka_bootstrap, topic_prefix, chained_topic):
-    original = asyncio.run(committed(kafka_bootstrap, chained_topic))
+    original = asyncio.run(committed(kafka_bootstrap, chained_topic, 3))
     partition = max(original, key=lambda p: len(original[p]))
     records = original[partition]
 

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from fastapi.testclient import TestClient
 
+from contracts import rfc3339 as z
 from kim.auth import issue_dev_token
 from kim.infra.kafka import create_topics
 from kim.topics import ALL_TOPICS
@@ -25,6 +26,7 @@ from services.gateway.bootstrap import create_app as create_gateway
 from services.gateway.settings import GatewaySettings
 from services.referral.bootstrap import create_app as create_referral
 from services.referral.settings import ReferralSettings
+from tests import events
 from tests.conftest import wait_until
 
 SECRET = "caseplan-test-secret-of-thirty-two-bytes"
@@ -41,20 +43,10 @@ SO_CM = auth("social_welfare_office", "case_manager", sub="cm-sofia")
 AUDITOR = auth("integration_center", "auditor", sub="aud-ida")
 
 
-def z(t: datetime) -> str:
-    return t.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-class Person:
-    def __init__(self) -> None:
-        self.subject = f"P-{uuid.uuid4().hex[:12]}"
-        self.n = 0
-
-    def event(self, agency: str, name: str, time: str, data: dict) -> dict:
-        self.n += 1
-        return {"specversion": "1.0", "id": f"{self.subject}-{self.n}", "source": f"urn:kim:{agency}:test",
-                "type": f"de.kim.{name}.v1", "subject": self.subject, "time": time,
-                "recordedtime": "2026-06-01T08:00:00Z", "datacontenttype": "application/json", "data": data}
+class Person(events.Person):
+    def event(self, agency: str, name: str, time: str | datetime, data: dict,
+              recorded: str | datetime | None = "2026-06-01T08:00:00Z") -> dict:
+        return super().event(agency, name, time, data, recorded)
 
     def registered(self, consent_for: list[str]) -> list[dict]:
         return [self.event("integration_center", "PersonRegistered", "2026-01-05T09:00:00Z",

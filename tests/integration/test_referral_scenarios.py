@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from contracts import rfc3339 as z
 from kim.auth import issue_dev_token
 from kim.infra.kafka import create_topics
 from kim.topics import ALL_TOPICS
@@ -22,6 +23,7 @@ from services.gateway.settings import GatewaySettings
 from services.referral.bootstrap import create_app as create_referral
 from services.referral.settings import ReferralSettings
 from tests.conftest import wait_until
+from tests.events import Person
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "examples"
 SECRET = "referral-test-secret-of-thirty-two-bytes"
@@ -33,26 +35,6 @@ def auth(agency: str, *roles: str) -> dict[str, str]:
 
 
 AUDITOR = auth("integration_center", "auditor")
-
-
-def z(t: datetime) -> str:
-    return t.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-class Person:
-    """Builds one person's events with fresh ids."""
-
-    def __init__(self) -> None:
-        self.subject = f"P-{uuid.uuid4().hex[:12]}"
-        self.n = 0
-
-    def event(self, agency: str, name: str, time: str | datetime, data: dict, recorded: str | datetime | None = None) -> dict:
-        self.n += 1
-        time = z(time) if isinstance(time, datetime) else time
-        recorded = z(recorded) if isinstance(recorded, datetime) else (recorded or time)
-        return {"specversion": "1.0", "id": f"{self.subject}-{self.n}", "source": f"urn:kim:{agency}:test",
-                "type": f"de.kim.{name}.v1", "subject": self.subject, "time": time, "recordedtime": recorded,
-                "datacontenttype": "application/json", "data": data}
 
 
 @pytest.fixture(scope="module")
