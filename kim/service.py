@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import sys
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 from fastapi import FastAPI
@@ -14,7 +16,24 @@ from pydantic import ValidationError
 
 from kim.settings import KimSettings
 
+if TYPE_CHECKING:
+    from kim.messaging import EventProducer, RelayGroup, TrackedConsumer
+
 SERVICE_PORTS = {"gateway": 8080, "intake": 8081, "caseplan": 8082, "referral": 8083, "reporting": 8084}
+
+@asynccontextmanager
+async def consuming_and_relaying(consumer: TrackedConsumer, relays: RelayGroup,
+                                 producer: EventProducer) -> AsyncIterator[None]:
+    """A service's consumer and outbox relays run while the block runs; then they stop, and the producer."""
+    tasks = [asyncio.create_task(consumer.run(), name=f"{consumer.name}-consumer"), *relays.start()]
+    try:
+        yield
+    finally:
+        consumer.stop()
+        relays.stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await producer.stop()
+
 
 # A readiness check returns None when fine, else the problem in plain words.
 ReadinessCheck = Callable[[], Awaitable[str | None]]

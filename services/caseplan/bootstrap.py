@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import quote
@@ -18,7 +17,7 @@ from pydantic import ValidationError
 
 from kim.auth import TokenVerifier
 from kim.messaging import EventProducer, RelayGroup
-from kim.service import add_health_routes, consumer_caught_up, kafka_reachable
+from kim.service import add_health_routes, consumer_caught_up, consuming_and_relaying, kafka_reachable
 from kim.storage import Database, eventsourcing_env
 from services.caseplan import api, login, web
 from services.caseplan.application import CasePlans, CasePlanService, Forbidden
@@ -60,15 +59,10 @@ def create_app(settings: CaseplanSettings) -> FastAPI:
         app.state.http = http
         app.state.intake = Peer("intake", settings.intake_url, http)
         app.state.referral = Peer("referral", settings.referral_url, http)
-        tasks = [asyncio.create_task(consumer.run(), name="caseplan-consumer"),
-                 *relays.start()]
         try:
-            yield
+            async with consuming_and_relaying(consumer, relays, producer):
+                yield
         finally:
-            consumer.stop()
-            relays.stop()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await producer.stop()
             await http.aclose()
             plans.close()
             db.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -10,7 +9,7 @@ from fastapi import FastAPI
 from kim.auth import TokenVerifier
 from kim.consent import CONSENT_SCHEMA
 from kim.messaging import EventProducer, RelayGroup
-from kim.service import add_health_routes, consumer_caught_up, kafka_reachable
+from kim.service import add_health_routes, consumer_caught_up, consuming_and_relaying, kafka_reachable
 from kim.storage import Database, eventsourcing_env
 from services.intake import store
 from services.intake.api import add_error_handlers, router
@@ -56,15 +55,10 @@ def create_app(settings: IntakeSettings) -> FastAPI:
         app.state.token_verifier = verifier
         app.state.intake = Intake(events, db, keys, on_saved=relays.wake)
         app.state.consumer = consumer
-        tasks = [asyncio.create_task(consumer.run(), name="intake-consents"),
-                 *relays.start()]
         try:
-            yield
+            async with consuming_and_relaying(consumer, relays, producer):
+                yield
         finally:
-            consumer.stop()
-            relays.stop()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await producer.stop()
             events.close()
             db.close()
 
