@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import socket
-import threading
-import time
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import asynccontextmanager
-from multiprocessing import get_context
 from pathlib import Path
 
 import anyio
 from fastapi import FastAPI
 
 from kim.auth import TokenVerifier
+from kim.helper import helper_process
 from kim.messaging import EventProducer, TrackedConsumer
 from kim.service import add_health_routes, kafka_reachable
 from kim.storage import Database
@@ -39,16 +36,7 @@ _worker_referral: Referral | None = None
 
 def _start_worker(store_url: str, rules_file: Path | None) -> None:
     global _worker_referral
-    gc.freeze()  # what the imports made lives for ever: never scan it again
     _worker_referral = Referral(Database.from_url(store_url), load_rules(rules_file), encode_derived)
-    threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
-
-
-def _exit_with(parent: int) -> None:
-    """A service killed outright (SIGKILL) cannot stop its worker, which would wait for work for ever."""
-    while os.getppid() == parent:
-        time.sleep(1)
-    os._exit(1)
 
 
 def _recompute_in_worker(partitions: Sequence[int]) -> int:
@@ -134,11 +122,7 @@ def create_app(settings: ReferralSettings) -> FastAPI:
         referral = Referral(db, rules, encode_derived, on_stale=lambda: loop.call_soon_threadsafe(wake.set))
         # Validating an event costs the most per event, computing a person the most per person:
         # a second process validates while this one reads Kafka, and computes half of the persons.
-        worker = None
-        if len(os.sched_getaffinity(0)) > 1:
-            worker = ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_start_worker,
-                                         initargs=(settings.store_url("referral"), settings.rules_file))
-            worker.submit(int)  # starts it while the consumer joins its group
+        worker = helper_process(_start_worker, (settings.store_url("referral"), settings.rules_file))
         consumer = agency_consumer(referral, db, settings.bootstrap, settings.referral_group, decode_in=worker)
         # Instances of a group publish side by side: each needs a hash chain of its own.
         producer = EventProducer(settings.bootstrap, client_id="kim-referral",

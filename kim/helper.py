@@ -1,0 +1,40 @@
+"""A service's helper process: a second CPU for its costliest work (validating events, computing persons)."""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from typing import Any
+
+
+def helper_process(initializer: Callable[..., None] | None = None,
+                   initargs: tuple[Any, ...] = ()) -> ProcessPoolExecutor | None:
+    """One worker process, started now; None on a machine with a single CPU, where it would only add
+    the cost of handing work over. The caller shuts it down; it also exits when the service dies."""
+    if len(os.sched_getaffinity(0)) < 2:
+        return None
+    helper = ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_start,
+                                 initargs=(os.getpid(), gc.get_threshold(), initializer, initargs))
+    helper.submit(int)  # starts it while the service starts
+    return helper
+
+
+def _start(parent: int, gc_threshold: tuple[int, ...], initializer: Callable[..., None] | None,
+           initargs: tuple[Any, ...]) -> None:
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+    if initializer is not None:
+        initializer(*initargs)
+    gc.freeze()  # what start-up made lives for ever: never scan it again
+    gc.set_threshold(*gc_threshold)  # the service's choice holds for its helper
+
+
+def _exit_with(parent: int) -> None:
+    """A service killed outright (SIGKILL) cannot stop its helper, which would wait for work for ever."""
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(1)
