@@ -41,17 +41,19 @@ def _wait(service, path: str, timeout_s: float = 3600) -> float:
     import httpx
 
     started = time.monotonic()
-    while True:
-        if service.process.poll() is not None:
-            raise RuntimeError(f"{service.name} exited:\n{service.log.read_text()[-3000:]}")
-        try:
-            if httpx.get(service.url + path, timeout=2).status_code == 200:
-                return time.monotonic() - started
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() - started > timeout_s:
-            raise TimeoutError(f"{service.name}{path} not answering within {timeout_s} s")
-        time.sleep(0.1)
+    # One client for all polls: a new one per poll costs ~15 ms of CPU, taken from the service measured.
+    with httpx.Client(timeout=2) as client:
+        while True:
+            if service.process.poll() is not None:
+                raise RuntimeError(f"{service.name} exited:\n{service.log.read_text()[-3000:]}")
+            try:
+                if client.get(service.url + path).status_code == 200:
+                    return time.monotonic() - started
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() - started > timeout_s:
+                raise TimeoutError(f"{service.name}{path} not answering within {timeout_s} s")
+            time.sleep(0.1)
 
 
 async def _faust_stream(bootstrap: str, count: int, datadir: str) -> float:

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from services.referral.rules import RulesConfig
 from services.reporting.disclosure import publish
@@ -34,6 +34,24 @@ from services.reporting.domain import (
 
 Clock = Callable[[], datetime]
 T = TypeVar("T")
+
+Recomputed = tuple[Tally, dict[str, datetime | None]]
+"""What recomputing some persons changed in the tally, and until when each one's figures hold."""
+
+
+class HelperGone(Exception):
+    """The helper computing a share of the persons is no longer there."""
+
+
+class Helper(Protocol):
+    """Another process keeping and computing a share of the persons (see `Reporting.recompute`)."""
+
+    def holds(self, subject: str) -> bool:
+        """Whether the helper computes this person; False for everyone once it is gone (and has
+        called `Reporting.reclaim`)."""
+
+    def recompute(self, subjects: list[str], now: datetime) -> Callable[[], Recomputed]:
+        """Starts recomputing its `subjects`; the result raises `HelperGone` if it went away."""
 
 
 def utc_now() -> datetime:
@@ -65,6 +83,7 @@ class Reporting:
         self._dirty: set[str] = set()
         self._computing = 0  # persons taken by a refresh and not applied yet
         self._tally = Tally()
+        self._held_tally = Tally()  # the helper's persons, as its recomputations changed it
         self._version = 0
         self._published: tuple[tuple[int, int], list[dict[str, Any]]] | None = None
 
@@ -94,11 +113,12 @@ class Reporting:
         with self._lock:
             return not self._computing and not self.due()
 
-    def refresh(self) -> int:
+    def refresh(self, helper: Helper | None = None) -> int:
         """Recompute persons with new events and persons whose figures time has changed; returns how many.
 
         The persons are assessed outside the lock: the consumer may go on adding events meanwhile,
-        which marks their persons for the next refresh.
+        which marks their persons for the next refresh. A `helper` recomputes its share of them at the
+        same time.
         """
         with self._lock:
             now = self.clock()
@@ -108,30 +128,59 @@ class Reporting:
                 if self._valid_until.get(subject) == at:
                     subjects.add(subject)
             self._dirty.clear()
-            logs = [self._logs[subject].copy() for subject in subjects]
-            self._computing += len(logs)
-        if not logs:
+            held = [s for s in subjects if helper is not None and helper.holds(s)]
+            logs = [self._logs[s].copy() for s in subjects if helper is None or not helper.holds(s)]
+            self._computing += len(subjects)
+        if not subjects:
             return 0
         try:
+            pending = helper.recompute(held, now) if helper is not None and held else None
             results = [assess(log, self.rules, now) for log in logs]
+            recomputed = pending() if pending is not None else None
         except BaseException:
             with self._lock:
-                self._dirty.update(log.subject for log in logs)
-                self._computing -= len(logs)
+                self._dirty.update(subjects)
+                self._computing -= len(subjects)
             raise
         with self._lock:
             for log, assessment in zip(logs, results):
-                self._apply(log.subject, assessment.contribution, assessment.valid_until)
-            self._computing -= len(logs)
+                self._apply(log.subject, assessment.contribution, self._tally)
+                self._schedule(log.subject, assessment.valid_until)
+            if recomputed is not None:
+                change, valid_until = recomputed
+                self._held_tally.merge(change)
+                for subject, until in valid_until.items():
+                    self._schedule(subject, until)
+            self._computing -= len(subjects)
             self._version += 1
-        return len(logs)
+        return len(subjects)
 
-    def _apply(self, subject: str, contribution: Contribution, valid_until: datetime | None) -> None:
+    def reclaim(self) -> None:
+        """The helper is gone: the persons it computed are computed here from now on."""
+        with self._lock:
+            self._held_tally = Tally()
+            self._dirty.update(s for s in self._logs if s not in self._contributions)
+            self._version += 1
+
+    def recompute(self, subjects: list[str], now: datetime) -> Recomputed:
+        """The helper's side of `refresh`: recompute `subjects` (persons this instance keeps the events of)."""
+        change = Tally()
+        valid_until: dict[str, datetime | None] = {}
+        with self._lock:
+            for subject in subjects:
+                assessment = assess(self._logs.get(subject) or PersonLog(subject), self.rules, now)
+                self._apply(subject, assessment.contribution, change)
+                valid_until[subject] = assessment.valid_until
+        return change, valid_until
+
+    def _apply(self, subject: str, contribution: Contribution, tally: Tally) -> None:
         old = self._contributions.get(subject)
         if old is not None:
-            self._tally.add(old, -1)
-        self._tally.add(contribution)
+            tally.add(old, -1)
+        tally.add(contribution)
         self._contributions[subject] = contribution
+
+    def _schedule(self, subject: str, valid_until: datetime | None) -> None:
         if valid_until is None:
             self._valid_until.pop(subject, None)
         else:
@@ -145,7 +194,10 @@ class Reporting:
         with self._lock:
             key = (self._version, month_index(self.clock()))
             if self._published is None or self._published[0] != key:
-                cells = self._tally.cells(key[1], self.case_managers)
+                tally = Tally()
+                tally.merge(self._tally)
+                tally.merge(self._held_tally)
+                cells = tally.cells(key[1], self.case_managers)
                 self._published = (key, publish(cells))
             return self._published[1]
 

@@ -24,7 +24,8 @@ from services.referral.rules import load_rules
 from services.reporting.api import router
 from services.reporting.application import Reporting
 from services.reporting.dashboard import router as dashboard_router
-from services.reporting.messaging import decode_events, envelopes_value, records_of_envelopes, wanted
+from services.reporting.helper import HelperProcess
+from services.reporting.messaging import envelopes_value, kept_records, records_of_envelopes, wanted
 from services.reporting.settings import ReportingSettings, case_managers
 from services.reporting.streaming import ReportingFaust, create_faust_app, lagging, store_batch
 
@@ -45,8 +46,8 @@ class _Progress:
     last_refresh: float = field(default_factory=time.monotonic)
 
 
-async def _refresh_loop(faust_app: ReportingFaust, reporting: Reporting, progress: _Progress,
-                        max_staleness_s: float, stopping: asyncio.Event) -> None:
+async def _refresh_loop(faust_app: ReportingFaust, reporting: Reporting, helper: HelperProcess,
+                        progress: _Progress, max_staleness_s: float, stopping: asyncio.Event) -> None:
     """Recompute once the consumer has caught up, and at least every `max_staleness_s` while it catches up:
     recomputing a person costs more than adding an event, so persons are recomputed once for many events."""
     while not stopping.is_set():
@@ -55,7 +56,7 @@ async def _refresh_loop(faust_app: ReportingFaust, reporting: Reporting, progres
             idle = time.monotonic() - progress.last_batch > 0.2
             if stale or (idle and not await lagging(faust_app)):
                 try:
-                    await anyio.to_thread.run_sync(reporting.refresh)
+                    await anyio.to_thread.run_sync(reporting.refresh, helper)
                 except Exception:
                     log.exception("recomputing the figures failed; retrying")
                 progress.last_refresh = time.monotonic()
@@ -81,11 +82,16 @@ def create_app(settings: ReportingSettings) -> FastAPI:
                                             settings.partitions, settings.replication_factor, str(datadir))
         deadletters = EventProducer(settings.bootstrap, client_id=f"{settings.reporting_group}-dlq", chain=False)
 
+        # Validating costs the most per event, computing a person the most per person: a helper process
+        # does both for half of the persons. Without one (a single CPU), the event loop validates itself:
+        # a thread would cost more in contention for the interpreter lock with faust's consumer thread.
+        helper = HelperProcess(settings.rules_file, on_gone=reporting.reclaim)
+
         async def handle(messages: Sequence[Any]) -> None:
             chosen = [m for m in messages if wanted(m.headers)]
-            # Validated in the event loop itself: handing batches to a thread costs more in contention
-            # for the interpreter lock (with faust's consumer thread) than it gains.
-            kept, invalid = decode_events([m.value or b"" for m in chosen])
+            values = [m.value or b"" for m in chosen]
+            invalid = await helper.validated(values)
+            kept = kept_records(values, invalid)
             # The table keeps the new events as they were published, per partition.
             fresh: dict[int, list[bytes]] = defaultdict(list)
             for _, _, message in reporting.add((s, r, chosen[i]) for i, s, r in kept):
@@ -101,8 +107,8 @@ def create_app(settings: ReportingSettings) -> FastAPI:
         @table.on_recover
         async def recovered() -> None:
             values = [v for v in table.data.values() if v]
-            await anyio.to_thread.run_sync(
-                lambda: reporting.add((s, r, None) for v in values for s, r in records_of_envelopes(v)))
+            await asyncio.gather(helper.restored(values), anyio.to_thread.run_sync(
+                lambda: reporting.add((s, r, None) for v in values for s, r in records_of_envelopes(v))))
             assigned = [tp for tp in faust_app.consumer.assignment() if tp.topic in faust_app.source_topics]
             progress.targets = await end_offsets(settings.bootstrap, assigned)
             progress.recovered = True
@@ -113,7 +119,8 @@ def create_app(settings: ReportingSettings) -> FastAPI:
         app.state.faust = faust_app
         app.state.progress = progress
         await faust_app.start()
-        refresher = asyncio.create_task(_refresh_loop(faust_app, reporting, progress, _MAX_STALENESS_S, stopping))
+        refresher = asyncio.create_task(_refresh_loop(faust_app, reporting, helper, progress, _MAX_STALENESS_S,
+                                                      stopping))
         try:
             yield
         finally:
@@ -121,6 +128,7 @@ def create_app(settings: ReportingSettings) -> FastAPI:
             await refresher
             await faust_app.stop()
             await deadletters.stop()
+            helper.stop()
 
     app = FastAPI(title="KIM reporting", version="1", lifespan=lifespan,
                   description="Kennzahlensystem: anonymised figures for the steering group by month and "

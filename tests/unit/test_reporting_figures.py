@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from contracts import parse_rfc3339
 from services.referral.rules import RulesConfig
-from services.reporting.application import Query, Reporting, to_csv
+from services.reporting.application import HelperGone, Query, Reporting, to_csv
 from services.reporting.domain import (
     TOTAL,
     PersonLog,
@@ -22,6 +22,7 @@ from services.reporting.domain import (
     parse_month,
     record_of,
 )
+from services.reporting.helper import holds
 
 RULES = RulesConfig()
 
@@ -225,6 +226,53 @@ def test_the_live_service_computes_the_same_figures_incrementally():
     assert reporting.published() == expected.published()
     assert reporting.query(Query(parse_month("2025-03"), parse_month("2025-03"), "Laupheim")) == [
         c for c in expected.published() if c["dims"]["month"] == "2025-03" and c["dims"]["municipality"] == "Laupheim"]
+
+
+class InProcessHelper:
+    """The helper process's part, in this process: a second `Reporting` keeping its half of the persons."""
+
+    def __init__(self, clock) -> None:
+        self.kept = Reporting(RULES, clock=clock)
+        self.gone = False
+        self.on_gone = None
+
+    def holds(self, subject: str) -> bool:
+        return not self.gone and holds(subject)
+
+    def add(self, items) -> None:
+        self.kept.add(item for item in items if holds(item[0]))
+
+    def recompute(self, subjects, now):
+        if self.gone:
+            raise HelperGone()
+        return lambda: self.kept.recompute(subjects, now)
+
+    def die(self, reporting: Reporting) -> None:
+        self.gone = True
+        reporting.reclaim()
+
+
+def test_a_helper_computing_half_of_the_persons_gives_the_same_figures():
+    now = parse_rfc3339("2025-05-15T12:00:00Z")
+    histories = [refugee(f"P-{n}") for n in range(10)]
+    assert 0 < sum(holds(h.subject) for h in histories) < len(histories)
+    items = [(h.subject, r, None) for h in histories for r in h.log().records.values()]
+    expected = Reporting(RULES, clock=lambda: now)
+    expected.add(items)
+    expected.refresh()
+
+    reporting, helper = Reporting(RULES, clock=lambda: now), InProcessHelper(lambda: now)
+    for part in (items[: len(items) // 2], items[len(items) // 2:] + items[:5]):  # later events, and repeats
+        helper.add(part)  # the helper sees every event first (it validates them)
+        reporting.add(part)
+        reporting.refresh(helper)
+    assert reporting.current()
+    assert reporting.published() == expected.published()
+
+    helper.die(reporting)  # its persons are computed by the service from now on
+    assert not reporting.current()
+    reporting.refresh(helper)
+    assert reporting.published() == expected.published()
 
 
 def test_passing_time_recomputes_a_person():
