@@ -111,10 +111,11 @@ class ChainLinker:
         envelope[PRODUCER] = chain
         envelope[SEQ] = previous.seq + 1
         envelope[PREV] = previous.hash
-        digest = envelope_hash(envelope)
-        envelope[HASH] = digest
+        canonical = canonical_bytes(envelope)
+        digest = hashlib.sha256(canonical).hexdigest()
         self._heads[(chain, topic, partition)] = ChainHead(previous.seq + 1, digest)
-        return orjson.dumps(envelope)
+        # The canonical form with `chainhash` added at its end: one serialisation instead of two.
+        return b"%s,\"%s\":\"%s\"}" % (canonical[:-1], HASH.encode(), digest.encode())
 
 
 def _link_of(value: bytes, chain: str) -> ChainHead | None:
