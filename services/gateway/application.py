@@ -1,12 +1,14 @@
 """Use case: accept a request's events — all of them or none.
 
-Requests are group-committed: while one Kafka transaction is in flight, new
-requests queue up and go out together in the next one. A request's events are
-always in one transaction, so a failure leaves none of them visible to the
-(read-committed) consumers, and many small requests cost one round trip.
+Requests are group-committed: while the publishers' Kafka transactions are in
+flight, new requests queue up and go out together in the next one. A request's
+events are always in one transaction, so a failure leaves none of them visible
+to the (read-committed) consumers, and many small requests cost one round trip.
+A few publishers (each its own transactional producer) overlap their
+transactions' round trips to the broker.
 
-A group is answered once its events are recorded as accepted; the next group
-goes to Kafka meanwhile.
+A group is answered once its events are recorded as accepted; the next groups
+go to Kafka meanwhile.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from services.gateway.domain import Publishable, split_fresh
 
 class AcceptedEvents(Protocol):
     """Durable memory of every `(source, id)` the gateway has put on Kafka."""
+
+    def may_know(self, keys: Sequence[tuple[str, str]]) -> bool:
+        """Cheap, never blocking: False only when none of `keys` was recorded."""
 
     def known(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]: ...
 
@@ -58,15 +63,21 @@ def _settle(group: list[_Request], outcomes: list[Outcome] | BaseException) -> N
 
 
 class AcceptEvents:
-    def __init__(self, store: AcceptedEvents, publisher: Publisher, max_group_events: int = 5000) -> None:
+    def __init__(self, store: AcceptedEvents, publishers: Sequence[Publisher], max_group_events: int = 5000) -> None:
         self._store = store
-        self._publisher = publisher
+        self._publishers = list(publishers)
         self._max_group_events = max_group_events
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._worker: asyncio.Task | None = None
+        # Each publisher runs one Kafka transaction at a time; several publishers overlap their round trips.
+        self._free: asyncio.Queue[Publisher] = asyncio.Queue()
+        for publisher in self._publishers:
+            self._free.put_nowait(publisher)
+        # Keys of the groups being published: a repeat waits for their outcome.
+        self._publishing: dict[tuple[str, str], asyncio.Task] = {}
         # On Kafka, but perhaps not yet in the store: duplicates all the same.
         self._unrecorded: set[tuple[str, str]] = set()
-        self._recording: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task] = set()
 
     async def __call__(self, events: list[Publishable]) -> Outcome:
         if self._worker is None or self._worker.done():
@@ -82,11 +93,12 @@ class AcceptEvents:
                 await self._worker
             except asyncio.CancelledError:
                 pass
-        if self._recording:
-            await asyncio.wait(self._recording)
+        if self._tasks:
+            await asyncio.wait(self._tasks)
 
     async def _run(self) -> None:
         while True:
+            publisher = await self._free.get()
             group = [await self._queue.get()]
             size = len(group[0].events)
             while not self._queue.empty() and size < self._max_group_events:
@@ -94,25 +106,47 @@ class AcceptEvents:
                 group.append(request)
                 size += len(request.events)
             try:
-                fresh, outcomes = await self._publish(group)
+                fresh, outcomes = await self._split(group)
             except Exception as exc:  # every request of the group fails alike
+                self._free.put_nowait(publisher)
                 _settle(group, exc)
                 continue
-            # Only this worker publishes, so the next group's check sees these keys.
-            self._unrecorded.update(e.key for e in fresh)
-            task = asyncio.create_task(self._record(group, fresh, outcomes))
-            self._recording.add(task)
-            task.add_done_callback(self._recording.discard)
+            task = asyncio.create_task(self._publish(publisher, group, fresh, outcomes))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            for event in fresh:
+                self._publishing[event.key] = task
 
-    async def _publish(self, group: list[_Request]) -> tuple[list[Publishable], list[Outcome]]:
+    async def _split(self, group: list[_Request]) -> tuple[list[Publishable], list[Outcome]]:
         keys = [e.key for request in group for e in request.events]
+        # A key another group is publishing is a duplicate only if that group succeeds.
+        pending = {task for key in keys if (task := self._publishing.get(key)) is not None}
+        if pending:
+            await asyncio.wait(pending)
         # Taken before the store is asked: a key leaves this set only once it is stored.
         in_flight = self._unrecorded.intersection(keys)
-        seen = await anyio.to_thread.run_sync(self._store.known, keys)
+        seen = await anyio.to_thread.run_sync(self._store.known, keys) if self._store.may_know(keys) else set()
         fresh, accepted = split_fresh([request.events for request in group], seen | in_flight)
-        if fresh:
-            await self._publisher.publish(fresh)
         return fresh, [Outcome(n, len(request.events) - n) for request, n in zip(group, accepted)]
+
+    async def _publish(self, publisher: Publisher, group: list[_Request], fresh: list[Publishable],
+                       outcomes: list[Outcome]) -> None:
+        failure: Exception | None = None
+        try:
+            if fresh:
+                await publisher.publish(fresh)
+        except Exception as exc:
+            failure = exc
+        else:  # before the keys leave `_publishing`, so that a repeat always finds them
+            self._unrecorded.update(e.key for e in fresh)
+        finally:
+            self._free.put_nowait(publisher)
+            for event in fresh:
+                del self._publishing[event.key]
+        if failure is not None:
+            _settle(group, failure)
+        else:
+            await self._record(group, fresh, outcomes)
 
     async def _record(self, group: list[_Request], fresh: list[Publishable], outcomes: list[Outcome]) -> None:
         # Recorded after Kafka acknowledged: should the gateway die in between,

@@ -37,17 +37,20 @@ def create_app(settings: GatewaySettings, instance: str | None = None) -> FastAP
     async def lifespan(app: FastAPI):
         (settings.data_dir / "stores").mkdir(parents=True, exist_ok=True)
         db = Database.from_url(settings.store_url("gateway"))
-        producer = EventProducer(settings.bootstrap, timeout=settings.publish_timeout_s,
-                                 transactional_id=f"kim-gateway-{instance}", client_id="kim-gateway")
+        # Each its own transactional id and hash chain (the first keeps the id of single-producer gateways).
+        producers = [EventProducer(settings.bootstrap, timeout=settings.publish_timeout_s, client_id="kim-gateway",
+                                   transactional_id=f"kim-gateway-{instance}" + (f"-{n}" if n else ""))
+                     for n in range(settings.kafka_transactions)]
         app.state.settings = settings
         app.state.token_verifier = verifier
         app.state.verified_tokens = VerifiedTokens()
-        app.state.accept_events = AcceptEvents(SqlAcceptedEvents(db), KafkaPublisher(producer))
+        app.state.accept_events = AcceptEvents(SqlAcceptedEvents(db), [KafkaPublisher(p) for p in producers])
         try:
             yield
         finally:
             await app.state.accept_events.close()
-            await producer.stop()
+            for producer in producers:
+                await producer.stop()
             db.close()
 
     app = FastAPI(title="KIM gateway", version="1", description=DESCRIPTION, lifespan=lifespan)

@@ -26,13 +26,29 @@ _ROWS = _CHUNK // 5
 
 
 class SqlAcceptedEvents:
+    """The table of accepted keys. On SQLite, whose file only this gateway process writes, the hashes of all
+    keys are also held in memory (read at start), so that fresh events, nearly all of them, need no query."""
+
     def __init__(self, db: Database) -> None:
         self._db = db
         db.ensure_schema(SCHEMA)
+        self._hashes: set[int] | None = None
+        if db.dialect == "sqlite":
+            with db.transaction(readonly=True) as tx:
+                tx.execute("SELECT source, id FROM gateway_accepted_events")
+                self._hashes = {hash((source, event_id)) for source, event_id in tx.fetchall()}
+
+    def may_know(self, keys: Sequence[tuple[str, str]]) -> bool:
+        """Cheap and without the database: False when none of `keys` was ever recorded."""
+        hashes = self._hashes
+        return hashes is None or any(hash(key) in hashes for key in keys)
 
     def known(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        hashes = self._hashes
         by_source: dict[str, list[str]] = {}
         for source, event_id in set(keys):
+            if hashes is not None and hash((source, event_id)) not in hashes:
+                continue
             by_source.setdefault(source, []).append(event_id)
         found: set[tuple[str, str]] = set()
         with self._db.transaction(readonly=True) as tx:
@@ -57,3 +73,5 @@ class SqlAcceptedEvents:
                     f"VALUES {', '.join('(?, ?, ?, ?, ?)' for _ in chunk)} ON CONFLICT (source, id) DO NOTHING",
                     [value for e in chunk for value in (*e.key, e.event.type, e.event.subject, now)],
                 )
+        if self._hashes is not None:  # once committed: a key is remembered only when it is durable
+            self._hashes.update(hash(e.key) for e in events)

@@ -33,6 +33,9 @@ class Store:
         self.release = threading.Event()
         self.holding = threading.Event()  # set once a held recording waits
 
+    def may_know(self, keys: Sequence[tuple[str, str]]) -> bool:
+        return not self.keys.isdisjoint(keys)
+
     def known(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
         return self.keys.intersection(keys)
 
@@ -57,7 +60,7 @@ class Kafka:
 def test_repeats_in_a_group_and_later_are_duplicates() -> None:
     async def scenario() -> tuple[list[Outcome], Kafka]:
         kafka = Kafka()
-        accept = AcceptEvents(Store(), kafka)
+        accept = AcceptEvents(Store(), [kafka])
         outcomes = list(await asyncio.gather(accept(events("a", "b")), accept(events("b", "c"))))
         outcomes.append(await accept(events("a", "d")))
         await accept.close()
@@ -71,7 +74,7 @@ def test_repeats_in_a_group_and_later_are_duplicates() -> None:
 def test_events_published_but_not_yet_recorded_are_duplicates_for_the_next_group() -> None:
     async def scenario() -> tuple[Outcome, Outcome, Kafka]:
         store, kafka = Store(), Kafka()
-        accept = AcceptEvents(store, kafka)
+        accept = AcceptEvents(store, [kafka])
         store.held = {"a"}
         first = asyncio.create_task(accept(events("a")))
         assert await asyncio.to_thread(store.holding.wait, 10)
@@ -90,7 +93,7 @@ def test_events_published_but_not_yet_recorded_are_duplicates_for_the_next_group
 def test_a_failed_publish_fails_the_group_and_records_nothing() -> None:
     async def scenario() -> tuple[Outcome, Store]:
         store, kafka = Store(), Kafka()
-        accept = AcceptEvents(store, kafka)
+        accept = AcceptEvents(store, [kafka])
         kafka.down = True
         with pytest.raises(PublishFailed):
             await accept(events("a"))
@@ -102,6 +105,48 @@ def test_a_failed_publish_fails_the_group_and_records_nothing() -> None:
     outcome, store = asyncio.run(scenario())
     assert outcome == Outcome(1, 0)
     assert {id for _, id in store.keys} == {"a"}
+
+
+@pytest.mark.parametrize("first_fails", [False, True])
+def test_a_repeat_of_an_event_in_another_transaction_waits_for_its_outcome(first_fails: bool) -> None:
+    class HeldKafka(Kafka):
+        """Holds the first transaction open while a second publisher is free, then ends it."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.entered, self.release = asyncio.Event(), asyncio.Event()
+
+        async def publish(self, published: Sequence[Publishable]) -> None:
+            if not self.entered.is_set():
+                self.entered.set()
+                await self.release.wait()
+                if first_fails:
+                    raise PublishFailed("the broker went away")
+            await super().publish(published)
+
+    async def scenario() -> tuple[Outcome, Kafka]:
+        kafka = HeldKafka()
+        accept = AcceptEvents(Store(), [kafka, kafka])
+        first = asyncio.create_task(accept(events("a")))
+        await kafka.entered.wait()
+        repeat = asyncio.create_task(accept(events("a", "b")))  # "a" is in the open transaction
+        await asyncio.sleep(0)  # lets the repeat reach the group commit (no timing involved)
+        assert not repeat.done()
+        kafka.release.set()
+        if first_fails:
+            with pytest.raises(PublishFailed):
+                await first
+        else:
+            assert await first == Outcome(1, 0)
+        outcome = await repeat
+        await accept.close()
+        return outcome, kafka
+
+    outcome, kafka = asyncio.run(scenario())
+    if first_fails:  # "a" was not published: the repeat publishes it
+        assert (outcome, kafka.published) == (Outcome(2, 0), [["a", "b"]])
+    else:  # published once, and the repeat is a duplicate
+        assert (outcome, kafka.published) == (Outcome(1, 1), [["a"], ["b"]])
 
 
 def test_split_fresh_counts_per_request() -> None:
