@@ -8,6 +8,7 @@ both dialects, so most statements need no dialect switch; for the few that do,
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -19,6 +20,10 @@ from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 Dialect = Literal["sqlite", "postgresql"]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_INTERVAL_S = 0.5
 
 
 @lru_cache(maxsize=1024)
@@ -186,6 +191,21 @@ class SQLiteDatabase(Database):
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._connection().execute("PRAGMA journal_mode=WAL")
+        self._closing = threading.Event()
+        threading.Thread(target=self._checkpoint_continually, name=f"checkpoints of {path}", daemon=True).start()
+
+    def _checkpoint_continually(self) -> None:
+        """Copies the log into the database file in the background: a checkpoint that a commit runs
+        itself holds up that commit (and every writer behind it) for as long as it copies."""
+        conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False)
+        try:
+            while not self._closing.wait(CHECKPOINT_INTERVAL_S):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # never waits for readers or writers
+                except sqlite3.Error as exc:
+                    log.debug("checkpoint of %s failed: %r", self.path, exc)
+        finally:
+            conn.close()
 
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -204,7 +224,8 @@ class SQLiteDatabase(Database):
             # checkpoint every 4 MB of log (the default) and a 2 MB page cache made
             # SQLite rewrite and reread the same pages for every batch.
             conn.execute("PRAGMA cache_size=-65536")  # KiB, filled only as pages are read
-            conn.execute("PRAGMA wal_autocheckpoint=10000")  # pages
+            # Checkpoints run in the background; a commit runs one only if the log grows past 400 MB.
+            conn.execute("PRAGMA wal_autocheckpoint=100000")  # pages
             self._local.conn = conn
             with self._lock:
                 self._connections.append(conn)
@@ -226,6 +247,7 @@ class SQLiteDatabase(Database):
             cursor.close()
 
     def close(self) -> None:
+        self._closing.set()
         with self._lock:
             for conn in self._connections:
                 conn.close()
