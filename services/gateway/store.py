@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from datetime import datetime, timezone
 
@@ -32,6 +33,9 @@ class SqlAcceptedEvents:
     def __init__(self, db: Database) -> None:
         self._db = db
         db.ensure_schema(SCHEMA)
+        # One recording at a time: on SQLite a second writer would wait in its busy handler,
+        # which sleeps in steps of up to 100 ms, instead of right after the first commits.
+        self._writing = threading.Lock()
         self._hashes: set[int] | None = None
         if db.dialect == "sqlite":
             with db.transaction(readonly=True) as tx:
@@ -65,7 +69,7 @@ class SqlAcceptedEvents:
 
     def record(self, events: Sequence[Publishable]) -> None:
         now = datetime.now(timezone.utc).isoformat()
-        with self._db.transaction() as tx:
+        with self._writing, self._db.transaction() as tx:
             for start in range(0, len(events), _ROWS):
                 chunk = events[start:start + _ROWS]
                 tx.execute(
