@@ -250,6 +250,9 @@ class EventProducer:
                     linger_ms=self._linger_ms,
                     max_batch_size=self._max_batch_size,
                     request_timeout_ms=max(1000, int(self.timeout * 1000)),
+                    # The default 100 ms pause before a retried request (e.g. a transaction's
+                    # partitions asked for while the previous commit completes) stalled requests.
+                    retry_backoff_ms=10,
                     transaction_timeout_ms=max(10_000, int(self.timeout * 2000)),
                 )
                 try:
