@@ -115,6 +115,7 @@ def create_app(settings: ReportingSettings) -> FastAPI:
 
         faust_app.batch_handler = handle
         app.state.reporting = reporting
+        app.state.helper = helper
         app.state.token_verifier = verifier
         app.state.faust = faust_app
         app.state.progress = progress

@@ -61,6 +61,12 @@ class HelperProcess:
         self._pool = helper_process(_start, (rules_file,))
         self._on_gone = on_gone
 
+    @property
+    def pid(self) -> int | None:
+        """The helper's process id; None when there is none (a single CPU, or it died)."""
+        processes = list(getattr(self._pool, "_processes", None) or {})
+        return processes[0] if processes else None
+
     def holds(self, subject: str) -> bool:
         return self._pool is not None and holds(subject)
 
