@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 
 from kim.auth import CurrentPrincipal
 from services.referral.application import Referral, Scope, scope_of
-from services.referral.domain import rfc3339
+from contracts import rfc3339
 
 router = APIRouter(prefix="/v1", tags=["responsibility"])
 

@@ -56,6 +56,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal
 
+from contracts import parse_rfc3339, rfc3339
 from services.referral.rules import CEFR_LEVELS, RulesConfig
 
 EventId = tuple[str, str]
@@ -123,21 +124,10 @@ def fact_from_envelope(envelope: Mapping[str, Any]) -> Fact:
         subject=str(envelope["subject"]),
         event_name=type_parts[2],
         agency=parts[2],
-        time=instant(envelope["time"]),
-        recorded_time=instant(envelope["recordedtime"]),
+        time=parse_rfc3339(envelope["time"]),
+        recorded_time=parse_rfc3339(envelope["recordedtime"]),
         data=dict(envelope.get("data") or {}),
     )
-
-
-def instant(value: Any) -> datetime:
-    if isinstance(value, datetime):
-        moment = value
-    else:
-        # fromisoformat rejects the lowercase `t`/`z` that RFC 3339 allows.
-        moment = datetime.fromisoformat(str(value).upper())
-    if moment.tzinfo is None:
-        raise ValueError(f"instant without UTC offset: {value!r}")
-    return moment.astimezone(timezone.utc)
 
 
 # --- output ------------------------------------------------------------------------
@@ -753,12 +743,9 @@ def retractions(state: PersonState, subject: str, opened: Mapping[str, Mapping[s
     for gap_id, data in sorted(opened.items()):
         if gap_id in current or gap_id in closed:
             continue
-        since = instant(data["since"])
+        since = parse_rfc3339(data["since"])
         events.append(DerivedEvent(f"JurisdictionGapClosed:{subject}:{gap_id}", "JurisdictionGapClosed", subject,
                                    since, {**data, "until": data["since"], "closed_by": None}))
     return events
 
 
-def rfc3339(instant: datetime) -> str:
-    """An aware datetime as RFC 3339 in UTC with `Z`, as the interface writes times."""
-    return instant.astimezone(timezone.utc).isoformat().removesuffix("+00:00") + "Z"

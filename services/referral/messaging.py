@@ -17,7 +17,8 @@ from kim.messaging import EventProducer, KafkaRecord, TrackedConsumer, event_hea
 from kim.storage import Database
 from kim.topics import AGENCY_TOPICS, service_topic
 from services.referral.application import Referral
-from services.referral.domain import DerivedEvent, rfc3339
+from contracts import rfc3339
+from services.referral.domain import DerivedEvent
 from services.referral.projections import RELEVANT_EVENTS, FactRow, ReferralStore, fact_row
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,8 @@ import orjson
 
 from contracts import ValidatedEvent
 from kim.storage import Transaction
-from services.referral.domain import DerivedEvent, Fact, PersonState, instant, rfc3339
+from contracts import parse_rfc3339, rfc3339
+from services.referral.domain import DerivedEvent, Fact, PersonState
 
 # Only these event types change responsibility; the fold ignores all others.
 RELEVANT_EVENTS = frozenset({
@@ -131,7 +132,7 @@ def fact_row(event: ValidatedEvent) -> FactRow:
 
 def _fact(row: tuple) -> Fact:
     source, event_id, subject, event_name, agency, time, recorded, data = row
-    return Fact((source, event_id), subject, event_name, agency, instant(time), instant(recorded), orjson.loads(data))
+    return Fact((source, event_id), subject, event_name, agency, parse_rfc3339(time), parse_rfc3339(recorded), orjson.loads(data))
 
 
 class ReferralStore:
