@@ -8,7 +8,7 @@ and then only the signature, `exp` and the claims are checked.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 import jwt
@@ -26,6 +26,8 @@ class Principal:
     sub: str
     agency: str
     roles: frozenset[str]
+    expires_at: float | None = field(default=None, compare=False)
+    """The token's `exp` (seconds since the epoch), when it came from a token."""
 
     def has_any(self, *roles: str) -> bool:
         return bool(self.roles.intersection(roles))
@@ -88,7 +90,9 @@ def principal_from_claims(claims: dict) -> Principal:
         roles = roles.split()
     if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
         raise AuthError("claim 'roles' must be a list of role names")
-    return Principal(sub=str(claims["sub"]), agency=agency, roles=frozenset(r for r in roles if r in ROLES))
+    exp = claims.get("exp")
+    return Principal(sub=str(claims["sub"]), agency=agency, roles=frozenset(r for r in roles if r in ROLES),
+                     expires_at=float(exp) if isinstance(exp, (int, float)) else None)
 
 
 def issue_dev_token(secret: str, *, sub: str, agency: str, roles: list[str], ttl_s: int = 3600) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-import jwt
 import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
@@ -43,11 +42,11 @@ class VerifiedTokens:
         return found[0]
 
     def remember(self, header: str, principal: Principal) -> None:
+        if principal.expires_at is None:  # `exp` is a required claim; without it, nothing to go by
+            return
         if len(self._principals) >= self._limit:
             self._principals.clear()
-        # The signature was checked just now; `exp` is a required claim.
-        claims = jwt.decode(header.partition(" ")[2].strip(), options={"verify_signature": False})
-        self._principals[header] = (principal, claims["exp"])
+        self._principals[header] = (principal, principal.expires_at)
 
 
 async def agency_system(request: Request) -> Principal:

@@ -7,10 +7,11 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+import jwt
 import orjson
 import pytest
 
-from kim.auth import Principal, issue_dev_token
+from kim.auth import Principal, issue_dev_token, principal_from_claims
 from kim.messaging import PublishFailed
 from services.gateway.api import VerifiedTokens
 from services.gateway.application import AcceptEvents, Outcome
@@ -157,14 +158,13 @@ def test_split_fresh_counts_per_request() -> None:
 
 
 def test_verified_tokens_are_remembered_until_they_expire() -> None:
-    principal = Principal("s", "job_center", frozenset({"agency_system"}))
+    secret = "secret-of-thirty-two-bytes-at-least"
     tokens = VerifiedTokens(limit=2)
-    valid = "Bearer " + issue_dev_token("secret-of-thirty-two-bytes-at-least", sub="s", agency="job_center",
-                                        roles=["agency_system"], ttl_s=60)
-    expired = "Bearer " + issue_dev_token("secret-of-thirty-two-bytes-at-least", sub="s", agency="job_center",
-                                          roles=["agency_system"], ttl_s=-1)
-    tokens.remember(valid, principal)
-    tokens.remember(expired, principal)
-    assert tokens.get(valid) == principal
-    assert tokens.get(expired) is None
+    headers = {ttl: "Bearer " + issue_dev_token(secret, sub="s", agency="job_center", roles=["agency_system"],
+                                                ttl_s=ttl) for ttl in (60, -1)}
+    for header in headers.values():
+        tokens.remember(header, principal_from_claims(jwt.decode(header[7:], secret, algorithms=["HS256"],
+                                                                 options={"verify_exp": False})))
+    assert tokens.get(headers[60]) == Principal("s", "job_center", frozenset({"agency_system"}))
+    assert tokens.get(headers[-1]) is None
     assert tokens.get("Bearer unknown") is None
