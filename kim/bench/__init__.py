@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import signal
+import sys
 
 from kim.settings import KimSettings
 
@@ -28,4 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: KimSettings) -> int:
+    # A benchmark stopped with `kill` stops its scratch broker and services (their `finally` blocks run);
+    # by default SIGTERM ends Python without them, and the broker runs in a session of its own.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     return args.bench_module.run(args, settings)
