@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import socket
@@ -29,6 +30,8 @@ from services.referral.rules import load_rules
 from services.referral.settings import ReferralSettings
 
 log = logging.getLogger(__name__)
+
+_instances = itertools.count(1)  # referral apps started in this process
 
 # The worker process's own view of the store (set by `_start_worker`).
 _worker_referral: Referral | None = None
@@ -124,9 +127,10 @@ def create_app(settings: ReferralSettings) -> FastAPI:
         # a second process validates while this one reads Kafka, and computes half of the persons.
         worker = helper_process(_start_worker, (settings.store_url("referral"), settings.rules_file))
         consumer = agency_consumer(referral, db, settings.bootstrap, settings.referral_group, decode_in=worker)
-        # Instances of a group publish side by side: each needs a hash chain of its own.
+        # Instances of a group publish side by side: each needs a hash chain of its own (also two
+        # instances in one process, as the scale-out test runs them).
         producer = EventProducer(settings.bootstrap, client_id="kim-referral",
-                                 chain=f"kim-referral-{socket.gethostname()}-{os.getpid()}")
+                                 chain=f"kim-referral-{socket.gethostname()}-{os.getpid()}-{next(_instances)}")
         app.state.referral = referral
         app.state.token_verifier = verifier
         app.state.consumer = consumer
