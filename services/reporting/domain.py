@@ -547,14 +547,15 @@ class Tally:
         amount = self.amounts[key]
         amount.total += total
         amount.persons += persons
-        if not amount.persons:
+        # Not on persons alone: a change (one person's amount taken back, its new one added) nets no persons.
+        if not amount.persons and not amount.total:
             del self.amounts[key]
 
     def _sample(self, key: tuple[CellKey, int], values: Counter[int], persons: int) -> None:
         distribution = self.samples[key]
         distribution.values.update(values)  # `update` adds counts, negative ones too
         distribution.persons += persons
-        if not distribution.persons:
+        if not distribution.persons and not any(distribution.values.values()):
             del self.samples[key]
 
     def merge(self, other: Tally) -> None:

@@ -14,6 +14,7 @@ from services.referral.rules import RulesConfig
 from services.reporting.application import HelperGone, Query, Reporting, to_csv
 from services.reporting.domain import (
     TOTAL,
+    Contribution,
     PersonLog,
     Tally,
     assess,
@@ -207,6 +208,22 @@ def test_taking_a_contribution_back_leaves_nothing_and_tallies_merge():
     first.add(one), second.add(two), both.add(one), both.add(two)
     first.merge(second)
     assert first.cells(month_index(now)) == both.cells(month_index(now))
+
+
+def test_a_tally_of_changes_carries_changed_amounts_and_samples_of_the_same_persons():
+    now = parse_rfc3339("2025-05-15T12:00:00Z")
+    month = month_index(now)
+    gap_days, handover_days = ("gap_days", ("Laupheim", "benefits")), ("handover_days", ("Laupheim", "a>b"))
+    old = Contribution(amounts=((gap_days, month, 3),), samples=((handover_days, month, (86400,)),))
+    new = Contribution(amounts=((gap_days, month, 9),), samples=((handover_days, month, (5 * 86400,)),))
+    change = Tally()  # as a helper reports a recomputed person: the same persons, other values
+    change.add(old, -1)
+    change.add(new)
+    live, fresh = Tally(), Tally()
+    live.add(old)
+    live.merge(change)
+    fresh.add(new)
+    assert live.cells(month) == fresh.cells(month)
 
 
 def test_the_live_service_computes_the_same_figures_incrementally():
