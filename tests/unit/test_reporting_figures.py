@@ -5,11 +5,13 @@ from __future__ import annotations
 import random
 from datetime import datetime, timezone
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contracts import parse_rfc3339
+from kim.demo import generate_district
 from services.referral.rules import RulesConfig
 from services.reporting.application import HelperGone, Query, Reporting, to_csv
 from services.reporting.domain import (
@@ -24,6 +26,7 @@ from services.reporting.domain import (
     record_of,
 )
 from services.reporting.helper import holds
+from services.reporting.messaging import kept_records
 
 RULES = RulesConfig()
 
@@ -270,16 +273,19 @@ class InProcessHelper:
 
 
 def test_a_helper_computing_half_of_the_persons_gives_the_same_figures():
-    now = parse_rfc3339("2025-05-15T12:00:00Z")
-    histories = [refugee(f"P-{n}") for n in range(10)]
-    assert 0 < sum(holds(h.subject) for h in histories) < len(histories)
-    items = [(h.subject, r, None) for h in histories for r in h.log().records.values()]
+    # A demo district: gaps, overdue and completed handovers, measures, all changing between refreshes.
+    now = parse_rfc3339("2026-01-20T12:00:00Z")
+    events = sorted(generate_district(300, 1.0, 11), key=lambda e: e["recordedtime"])
+    items = [(subject, record, None)
+             for _, subject, record in kept_records([orjson.dumps(e) for e in events], [])]
+    assert 0 < sum(holds(subject) for subject, _, _ in items) < len(items)
     expected = Reporting(RULES, clock=lambda: now)
     expected.add(items)
     expected.refresh()
 
     reporting, helper = Reporting(RULES, clock=lambda: now), InProcessHelper(lambda: now)
-    for part in (items[: len(items) // 2], items[len(items) // 2:] + items[:5]):  # later events, and repeats
+    parts = [items[i:i + len(items) // 8] for i in range(0, len(items), len(items) // 8)] + [items[:50]]  # repeats
+    for part in parts:
         helper.add(part)  # the helper sees every event first (it validates them)
         reporting.add(part)
         reporting.refresh(helper)
