@@ -372,7 +372,10 @@ def create_topics(bootstrap: str, topics: list[str] | tuple[str, ...], partition
     from kafka.admin import NewTopic
     from kafka.errors import NodeNotReadyError, TopicAlreadyExistsError, UnknownBrokerIdError
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    def connect() -> KafkaAdminClient:
+        return KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+
+    admin = connect()
     deadline = time.monotonic() + timeout_s
     try:
         existing = set(admin.list_topics())
@@ -388,10 +391,13 @@ def create_topics(bootstrap: str, topics: list[str] | tuple[str, ...], partition
             except TopicAlreadyExistsError:
                 break  # another process created them meanwhile
             except (UnknownBrokerIdError, NodeNotReadyError):
-                # A cluster just started may name its controller before its metadata lists it.
+                # A cluster just started may name its controller before its metadata lists it. A new
+                # client reads the metadata afresh (the old one kept asking with what it had cached).
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
+                admin.close()
+                admin = connect()
         # New topics show up in the metadata a moment after creation.
         while True:
             described = admin.describe_topics(list(topics))
