@@ -65,13 +65,12 @@ def _settle(group: list[_Request], outcomes: list[Outcome] | BaseException) -> N
 class AcceptEvents:
     def __init__(self, store: AcceptedEvents, publishers: Sequence[Publisher], max_group_events: int = 5000) -> None:
         self._store = store
-        self._publishers = list(publishers)
         self._max_group_events = max_group_events
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._worker: asyncio.Task | None = None
         # Each publisher runs one Kafka transaction at a time; several publishers overlap their round trips.
         self._free: asyncio.Queue[Publisher] = asyncio.Queue()
-        for publisher in self._publishers:
+        for publisher in publishers:
             self._free.put_nowait(publisher)
         # Keys of the groups being published: a repeat waits for their outcome.
         self._publishing: dict[tuple[str, str], asyncio.Task] = {}
