@@ -128,8 +128,13 @@ class Reporting:
                 if self._valid_until.get(subject) == at:
                     subjects.add(subject)
             self._dirty.clear()
-            held = [s for s in subjects if helper is not None and helper.holds(s)]
-            logs = [self._logs[s].copy() for s in subjects if helper is None or not helper.holds(s)]
+            held: list[str] = []
+            logs: list[PersonLog] = []
+            for subject in subjects:
+                if helper is not None and helper.holds(subject):
+                    held.append(subject)
+                else:
+                    logs.append(self._logs[subject].copy())
             self._computing += len(subjects)
         if not subjects:
             return 0
