@@ -8,7 +8,8 @@ A few publishers (each its own transactional producer) overlap their
 transactions' round trips to the broker.
 
 A group is answered once its events are recorded as accepted; the next groups
-go to Kafka meanwhile.
+go to Kafka meanwhile, and the groups published during a recording are recorded
+together in the next.
 """
 
 from __future__ import annotations
@@ -77,6 +78,9 @@ class AcceptEvents:
         # On Kafka, but perhaps not yet in the store: duplicates all the same.
         self._unrecorded: set[tuple[str, str]] = set()
         self._tasks: set[asyncio.Task] = set()
+        # Published groups waiting to be recorded, and the task recording them.
+        self._to_record: list[tuple[list[_Request], list[Publishable], list[Outcome]]] = []
+        self._recorder: asyncio.Task | None = None
 
     async def __call__(self, events: list[Publishable]) -> Outcome:
         if self._worker is None or self._worker.done():
@@ -92,8 +96,8 @@ class AcceptEvents:
                 await self._worker
             except asyncio.CancelledError:
                 pass
-        if self._tasks:
-            await asyncio.wait(self._tasks)
+        while self._tasks:  # publishing tasks hand their groups on to the recorder
+            await asyncio.wait(set(self._tasks))
 
     async def _run(self) -> None:
         while True:
@@ -145,17 +149,31 @@ class AcceptEvents:
         if failure is not None:
             _settle(group, failure)
         else:
-            await self._record(group, fresh, outcomes)
+            self._record_later(group, fresh, outcomes)
 
-    async def _record(self, group: list[_Request], fresh: list[Publishable], outcomes: list[Outcome]) -> None:
+    def _record_later(self, group: list[_Request], fresh: list[Publishable], outcomes: list[Outcome]) -> None:
+        self._to_record.append((group, fresh, outcomes))
+        if self._recorder is None or self._recorder.done():
+            self._recorder = asyncio.create_task(self._record_pending(), name="gateway-recorder")
+            self._tasks.add(self._recorder)
+            self._recorder.add_done_callback(self._tasks.discard)
+
+    async def _record_pending(self) -> None:
         # Recorded after Kafka acknowledged: should the gateway die in between,
         # a retried event is published twice and consumers drop the repeat by id.
-        try:
-            if fresh:
-                await anyio.to_thread.run_sync(self._store.record, fresh)
-        except Exception as exc:
-            _settle(group, exc)
-        else:
-            _settle(group, outcomes)
-        finally:
-            self._unrecorded.difference_update(e.key for e in fresh)
+        # One recording at a time, of every group published meanwhile: recordings
+        # side by side queued up in worker threads for tens of milliseconds.
+        while self._to_record:
+            recording, self._to_record = self._to_record, []
+            fresh = [event for _, events, _ in recording for event in events]
+            try:
+                if fresh:
+                    await anyio.to_thread.run_sync(self._store.record, fresh)
+            except Exception as exc:
+                for group, _, _ in recording:
+                    _settle(group, exc)
+            else:
+                for group, _, outcomes in recording:
+                    _settle(group, outcomes)
+            finally:
+                self._unrecorded.difference_update(e.key for e in fresh)

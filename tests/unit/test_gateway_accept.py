@@ -33,6 +33,7 @@ class Store:
         self.held: set[str] = set()  # ids whose recording waits for `release`
         self.release = threading.Event()
         self.holding = threading.Event()  # set once a held recording waits
+        self.recordings: list[list[str]] = []
 
     def may_know(self, keys: Sequence[tuple[str, str]]) -> bool:
         return not self.keys.isdisjoint(keys)
@@ -45,17 +46,25 @@ class Store:
             self.holding.set()
             assert self.release.wait(10)
         self.keys.update(e.key for e in published)
+        self.recordings.append([e.event.id for e in published])
 
 
 class Kafka:
     def __init__(self) -> None:
         self.published: list[list[str]] = []
         self.down = False
+        self.changed = asyncio.Event()
 
     async def publish(self, published: Sequence[Publishable]) -> None:
         if self.down:
             raise PublishFailed("down")
         self.published.append([e.event.id for e in published])
+        self.changed.set()
+
+    async def until_published(self, *ids: str) -> None:
+        while not set(ids) <= {id for group in self.published for id in group}:
+            self.changed.clear()
+            await self.changed.wait()
 
 
 def test_repeats_in_a_group_and_later_are_duplicates() -> None:
@@ -79,16 +88,36 @@ def test_events_published_but_not_yet_recorded_are_duplicates_for_the_next_group
         store.held = {"a"}
         first = asyncio.create_task(accept(events("a")))
         assert await asyncio.to_thread(store.holding.wait, 10)
-        second = await accept(events("a", "b"))  # while "a" is being recorded
+        second = asyncio.create_task(accept(events("a", "b")))  # while "a" is being recorded
+        await asyncio.wait_for(kafka.until_published("b"), 10)
         assert not first.done()  # answered only once recorded
         store.release.set()
-        outcome = await first
+        outcomes = await asyncio.gather(first, second)
         await accept.close()
-        return outcome, second, kafka
+        return *outcomes, kafka
 
     first, second, kafka = asyncio.run(scenario())
     assert (first, second) == (Outcome(1, 0), Outcome(1, 1))
     assert kafka.published == [["a"], ["b"]]
+
+
+def test_groups_published_during_a_recording_are_recorded_together_next() -> None:
+    async def scenario() -> tuple[list[Outcome], Store]:
+        store, kafka = Store(), Kafka()
+        accept = AcceptEvents(store, [kafka])
+        store.held = {"a"}
+        first = asyncio.create_task(accept(events("a")))
+        assert await asyncio.to_thread(store.holding.wait, 10)
+        later = [asyncio.create_task(accept(events("b"))), asyncio.create_task(accept(events("c", "d")))]
+        await asyncio.wait_for(kafka.until_published("b", "c", "d"), 10)
+        store.release.set()
+        outcomes = await asyncio.gather(first, *later)
+        await accept.close()
+        return outcomes, store
+
+    outcomes, store = asyncio.run(scenario())
+    assert outcomes == [Outcome(1, 0), Outcome(1, 0), Outcome(2, 0)]
+    assert store.recordings == [["a"], ["b", "c", "d"]]
 
 
 def test_a_failed_publish_fails_the_group_and_records_nothing() -> None:
