@@ -32,6 +32,9 @@ _CONTENT_TYPE_HEADER = ("content-type", CONTENT_TYPE.encode())
 
 Headers = list[tuple[str, bytes]]
 
+DEFAULT_LINGER_MS = 2
+DEFAULT_BATCH_BYTES = 512 * 1024
+
 
 class KafkaRecord(NamedTuple):
     key: bytes | None
@@ -120,8 +123,8 @@ class EventProducer:
         timeout: float = 10.0,
         transactional_id: str | None = None,
         client_id: str | None = None,
-        linger_ms: int = 2,
-        max_batch_size: int = 512 * 1024,
+        linger_ms: int = DEFAULT_LINGER_MS,
+        max_batch_size: int = DEFAULT_BATCH_BYTES,
         chain: str | bool = True,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
