@@ -12,11 +12,15 @@ from multiprocessing import get_context
 from typing import Any
 
 
+def has_second_cpu() -> bool:
+    return len(os.sched_getaffinity(0)) >= 2
+
+
 def helper_process(initializer: Callable[..., None] | None = None,
                    initargs: tuple[Any, ...] = ()) -> ProcessPoolExecutor | None:
     """One worker process, started now; None on a machine with a single CPU, where it would only add
     the cost of handing work over. The caller shuts it down; it also exits when the service dies."""
-    if len(os.sched_getaffinity(0)) < 2:
+    if not has_second_cpu():
         return None
     helper = ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_start,
                                  initargs=(os.getpid(), gc.get_threshold(), initializer, initargs))
@@ -26,15 +30,25 @@ def helper_process(initializer: Callable[..., None] | None = None,
 
 def _start(parent: int, gc_threshold: tuple[int, ...], initializer: Callable[..., None] | None,
            initargs: tuple[Any, ...]) -> None:
-    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+    exit_with(parent)
     if initializer is not None:
         initializer(*initargs)
+    settle(gc_threshold)
+
+
+def exit_with(parent: int) -> None:
+    """A service killed outright (SIGKILL) cannot stop its helper, which would wait for work for ever:
+    the helper watches its parent and exits when it is gone."""
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+
+
+def settle(gc_threshold: tuple[int, ...]) -> None:
+    """At the end of a helper's start-up."""
     gc.freeze()  # what start-up made lives for ever: never scan it again
     gc.set_threshold(*gc_threshold)  # the service's choice holds for its helper
 
 
 def _exit_with(parent: int) -> None:
-    """A service killed outright (SIGKILL) cannot stop its helper, which would wait for work for ever."""
     while os.getppid() == parent:
         time.sleep(1)
     os._exit(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Annotated, Any
 
@@ -14,6 +15,8 @@ from kim.auth import Principal, current_principal, require_roles
 from kim.messaging import PublishFailed
 from services.gateway.application import AcceptEvents
 from services.gateway.domain import EventError, assess
+
+log = logging.getLogger(__name__)
 
 SINGLE = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"
@@ -156,7 +159,8 @@ async def post_events(request: Request, principal: AgencySystem, accept: AcceptE
                         "nothing was accepted", assessment.forbidden)
     try:
         outcome = await accept(assessment.events)
-    except PublishFailed:
+    except PublishFailed as exc:
+        log.warning("%d event(s) not published, answered 503: %s", len(assessment.events), exc)
         return _problem(503, "kafka_unavailable",
                         "Kafka cannot take the events now; nothing was published. Retry with the same ids.",
                         headers={"Retry-After": str(settings.retry_after_s)})

@@ -9,12 +9,13 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from kim.auth import TokenVerifier
+from kim.helper import has_second_cpu
 from kim.messaging import EventProducer
 from kim.service import add_health_routes, kafka_reachable
 from kim.storage import Database
 from services.gateway.api import VerifiedTokens, request_examples, router
 from services.gateway.application import AcceptEvents
-from services.gateway.messaging import KafkaPublisher
+from services.gateway.messaging import HelperPublisher, KafkaPublisher
 from services.gateway.settings import GatewaySettings
 from services.gateway.store import SqlAcceptedEvents
 
@@ -25,6 +26,14 @@ contract and the caller's right to publish it, then writes it to the agency's Ka
 topic and answers 202 once Kafka has acknowledged every event of the request.
 A batch is all-or-nothing; `(source, id)` is the deduplication key, for ever.
 """
+
+
+def _publisher(settings: GatewaySettings, transactional_id: str) -> HelperPublisher | KafkaPublisher:
+    """In a helper process of its own when there is a second CPU."""
+    if not has_second_cpu():
+        return KafkaPublisher(EventProducer(settings.bootstrap, timeout=settings.publish_timeout_s,
+                                            client_id="kim-gateway", transactional_id=transactional_id))
+    return HelperPublisher(settings.bootstrap, settings.publish_timeout_s, transactional_id)
 
 
 def create_app(settings: GatewaySettings, instance: str | None = None) -> FastAPI:
@@ -38,19 +47,18 @@ def create_app(settings: GatewaySettings, instance: str | None = None) -> FastAP
         (settings.data_dir / "stores").mkdir(parents=True, exist_ok=True)
         db = Database.from_url(settings.store_url("gateway"))
         # Each its own transactional id and hash chain (the first keeps the id of single-producer gateways).
-        producers = [EventProducer(settings.bootstrap, timeout=settings.publish_timeout_s, client_id="kim-gateway",
-                                   transactional_id=f"kim-gateway-{instance}" + (f"-{n}" if n else ""))
-                     for n in range(settings.kafka_transactions)]
+        publishers = [_publisher(settings, f"kim-gateway-{instance}" + (f"-{n}" if n else ""))
+                      for n in range(settings.kafka_transactions)]
         app.state.settings = settings
         app.state.token_verifier = verifier
         app.state.verified_tokens = VerifiedTokens()
-        app.state.accept_events = AcceptEvents(SqlAcceptedEvents(db), [KafkaPublisher(p) for p in producers])
+        app.state.accept_events = AcceptEvents(SqlAcceptedEvents(db), publishers)
         try:
             yield
         finally:
             await app.state.accept_events.close()
-            for producer in producers:
-                await producer.stop()
+            for publisher in publishers:
+                await publisher.stop()
             db.close()
 
     app = FastAPI(title="KIM gateway", version="1", description=DESCRIPTION, lifespan=lifespan)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import multiprocessing
 import uuid
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from fastapi.testclient import TestClient
 from kafka import KafkaConsumer, TopicPartition
 
 from kim.auth import issue_dev_token
+from kim.helper import has_second_cpu
 from kim.infra.kafka import create_topics, free_port
 from kim.messaging.chain import CHAIN_ATTRIBUTES
 from kim.topics import ALL_TOPICS
@@ -190,6 +192,23 @@ def test_kafka_unreachable_gives_503_with_retry_after_and_publishes_nothing(tmp_
         again = client.post("/v1/events", content=json.dumps(event),
                             headers={**SINGLE, **token("integration_center")})
     assert again.json()["accepted"] == 1
+
+
+@pytest.mark.skipif(not has_second_cpu(), reason="on a single CPU the gateway publishes from its own process")
+def test_a_killed_publishing_process_costs_one_503_and_is_replaced(gateway, kafka_bootstrap):
+    helpers = [p for p in multiprocessing.active_children() if p.name.startswith("publisher kim-gateway-test-")]
+    assert len(helpers) == 1
+    helpers[0].kill()
+    helpers[0].join(10)
+    subject = f"P-{uuid.uuid4().hex[:10]}"
+    lost, kept = example("PersonRegistered", subject=subject), example("ConsentRecorded", subject=subject)
+    refused = gateway.post("/v1/events", content=json.dumps(lost), headers={**SINGLE, **token("integration_center")})
+    assert refused.status_code == 503 and int(refused.headers["retry-after"]) > 0
+    accepted = gateway.post("/v1/events", content=json.dumps([lost, kept]),
+                            headers={**BATCH, **token("integration_center")})
+    assert accepted.status_code == 202 and accepted.json() == {"accepted": 2, "duplicates": 0}
+    published = committed_events(kafka_bootstrap, "kim.integration_center.events", subject)
+    assert sorted(e["id"] for e in published) == sorted([lost["id"], kept["id"]])
 
 
 def test_openapi_document_has_an_example_of_every_event_type_that_the_gateway_accepts(gateway):
