@@ -28,7 +28,7 @@ TOPIC = f"kim.{AGENCY}.events"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--events", type=int, default=200_000, help="events for the batch phases")
     parser.add_argument("--batch", type=int, default=100)
-    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--single-connections", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=15.0, help="duration of each single-event phase")
 
