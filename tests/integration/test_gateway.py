@@ -54,6 +54,16 @@ def gateway(tmp_path, kafka_bootstrap, topics):
         yield client
 
 
+@pytest.fixture(params=["producer in a helper process", "producer in the service process"])
+def any_gateway(request, monkeypatch, tmp_path, kafka_bootstrap, topics):
+    """The gateway as it runs with a second CPU, and as on a single one."""
+    if request.param == "producer in the service process":
+        monkeypatch.setattr("services.gateway.bootstrap.has_second_cpu", lambda: False)
+    app = create_app(_settings(tmp_path, kafka_bootstrap), instance=f"test-{uuid.uuid4().hex[:6]}")
+    with TestClient(app) as client:
+        yield client
+
+
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     consumer = KafkaConsumer(bootstrap_servers=bootstrap)
     partitions = [TopicPartition(topic, p) for p in range(6)]
@@ -71,11 +81,11 @@ def committed_events(bootstrap: str, topic: str, subject: str) -> list[dict]:
     return events
 
 
-def test_one_event_is_published_on_the_agency_topic_keyed_by_subject(gateway, kafka_bootstrap):
+def test_one_event_is_published_on_the_agency_topic_keyed_by_subject(any_gateway, kafka_bootstrap):
     subject = f"P-{uuid.uuid4().hex[:10]}"
     event = example("LanguageLevelReached", subject=subject)
     event["traceparent"] = "00-abc-def-01"  # unknown extensions pass through
-    response = gateway.post("/v1/events", content=json.dumps(event), headers={**SINGLE, **token("integration_center")})
+    response = any_gateway.post("/v1/events", content=json.dumps(event), headers={**SINGLE, **token("integration_center")})
     assert response.status_code == 202, response.text
     assert response.json() == {"accepted": 1, "duplicates": 0}
     published = committed_events(kafka_bootstrap, "kim.integration_center.events", subject)
