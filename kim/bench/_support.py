@@ -10,11 +10,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 from kim.settings import KimSettings
+
+T = TypeVar("T")
 
 BENCH_SECRET = "benchmark-secret-of-thirty-two-bytes!"
 
@@ -92,6 +95,14 @@ class Service:
                 self.process.wait(20)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+
+
+def run_client(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Runs an HTTP load generator on uvloop, the event loop the services run on: the client's own
+    overhead and jitter count in every latency it measures (~2 ms of p99 on asyncio's loop)."""
+    import uvloop
+
+    return uvloop.run(coroutine)
 
 
 def token(agency: str, roles: list[str]) -> str:

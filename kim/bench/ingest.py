@@ -178,7 +178,7 @@ async def _singles(port: int, events: list[dict], headers: dict[str, str], secon
 
 
 def run(args: argparse.Namespace, settings: KimSettings) -> int:
-    from kim.bench._support import Service, kafka, percentile, row, scratch_dir, token
+    from kim.bench._support import Service, kafka, percentile, row, run_client, scratch_dir, token
 
     def fresh(count: int, tag: str) -> list[dict]:
         return _events(count, f"{tag}{time.time_ns()}")
@@ -197,10 +197,10 @@ def run(args: argparse.Namespace, settings: KimSettings) -> int:
             # cost of most of a core: whatever ran first would pay for it alone.
             warm_up = fresh(min(args.events, 50_000), "w")
             asyncio.run(_plain_producer(bootstrap, warm_up, args.batch, args.connections))
-            asyncio.run(_batches(gateway.port, bodies(warm_up), args.connections, headers))
+            run_client(_batches(gateway.port, bodies(warm_up), args.connections, headers))
 
             events = fresh(args.events, "b")
-            gateway_rate = len(events) / asyncio.run(_batches(gateway.port, bodies(events), args.connections,
+            gateway_rate = len(events) / run_client(_batches(gateway.port, bodies(events), args.connections,
                                                               headers))
             events = fresh(args.events, "p")
             plain_rate = len(events) / asyncio.run(_plain_producer(bootstrap, events, args.batch, args.connections))
@@ -208,12 +208,12 @@ def run(args: argparse.Namespace, settings: KimSettings) -> int:
             path_rate = len(events) / asyncio.run(_batch_path(bootstrap, events, args.batch, args.connections, True))
 
             singles = int(args.seconds * 10_000)  # more than the gateway takes in that time
-            n, seconds, closed = asyncio.run(_singles(gateway.port, fresh(singles, "s"), single_headers,
+            n, seconds, closed = run_client(_singles(gateway.port, fresh(singles, "s"), single_headers,
                                                       args.seconds, args.single_connections, None))
             max_rate = n / seconds
             paced = {}
             for label, rate in (("70 % of the target's 1,500", 0.7 * 1500), ("70 % of the measured", 0.7 * max_rate)):
-                sent, paced_s, latencies = asyncio.run(_singles(gateway.port, fresh(singles, "o"), single_headers,
+                sent, paced_s, latencies = run_client(_singles(gateway.port, fresh(singles, "o"), single_headers,
                                                                 args.seconds, args.single_connections, rate))
                 paced[label] = (rate, sent / paced_s, latencies)
         finally:

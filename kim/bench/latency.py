@@ -89,7 +89,7 @@ async def _measure(gateway_port: int, referral_port: int, subjects: list[str], r
 def run(args: argparse.Namespace, settings: KimSettings) -> int:
     import httpx
 
-    from kim.bench._support import Service, kafka, percentile, row, scratch_dir, token
+    from kim.bench._support import Service, kafka, percentile, row, run_client, scratch_dir, token
 
     subjects = [f"P-lat-{uuid.uuid4().hex[:10]}" for _ in range(args.events)]
     agency_system = token(AGENCY, ["agency_system"])
@@ -115,7 +115,7 @@ def run(args: argparse.Namespace, settings: KimSettings) -> int:
                         if time.monotonic() > deadline:
                             raise TimeoutError("the referral service did not apply the opening events")
                         time.sleep(0.05)
-            latencies = asyncio.run(_measure(gateway.port, referral.port, subjects, args.rate,
+            latencies = run_client(_measure(gateway.port, referral.port, subjects, args.rate,
                                              args.poll_ms / 1000, auditor, agency_system))
         finally:
             for service in services:
