@@ -19,7 +19,6 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from kim.helper import exit_with, settle
-
 from kim.messaging import EventProducer, KafkaRecord, PublishFailed, event_headers
 from kim.messaging.producer import Item
 from services.gateway.domain import Publishable
