@@ -10,12 +10,11 @@ from fastapi.openapi.utils import get_openapi
 
 from kim.auth import TokenVerifier
 from kim.helper import has_second_cpu
-from kim.messaging import EventProducer
 from kim.service import add_health_routes, kafka_reachable
 from kim.storage import Database
 from services.gateway.api import VerifiedTokens, request_examples, router
 from services.gateway.application import AcceptEvents
-from services.gateway.messaging import HelperPublisher, KafkaPublisher
+from services.gateway.messaging import HelperPublisher, KafkaPublisher, gateway_producer
 from services.gateway.settings import GatewaySettings
 from services.gateway.store import SqlAcceptedEvents
 
@@ -31,8 +30,7 @@ A batch is all-or-nothing; `(source, id)` is the deduplication key, for ever.
 def _publisher(settings: GatewaySettings, transactional_id: str) -> HelperPublisher | KafkaPublisher:
     """In a helper process of its own when there is a second CPU."""
     if not has_second_cpu():
-        return KafkaPublisher(EventProducer(settings.bootstrap, timeout=settings.publish_timeout_s,
-                                            client_id="kim-gateway", transactional_id=transactional_id))
+        return KafkaPublisher(gateway_producer(settings.bootstrap, settings.publish_timeout_s, transactional_id))
     return HelperPublisher(settings.bootstrap, settings.publish_timeout_s, transactional_id)
 
 

@@ -40,6 +40,11 @@ def to_item(topic: str, value: bytes, attributes: tuple[Any, ...]) -> Item:
     return topic, KafkaRecord(envelope["subject"].encode(), value, event_headers(envelope))
 
 
+def gateway_producer(bootstrap: str, timeout: float, transactional_id: str) -> EventProducer:
+    """The producer of one gateway transaction at a time, in this process or in a helper."""
+    return EventProducer(bootstrap, timeout=timeout, client_id="kim-gateway", transactional_id=transactional_id)
+
+
 class KafkaPublisher:
     """Publishes from this process."""
 
@@ -131,8 +136,7 @@ def _serve(pipe: Connection, parent: int, gc_threshold: tuple[int, ...], bootstr
     settle(gc_threshold)
 
     async def serve() -> None:
-        producer = EventProducer(bootstrap, timeout=timeout, client_id="kim-gateway",
-                                 transactional_id=transactional_id)
+        producer = gateway_producer(bootstrap, timeout, transactional_id)
         try:
             pipe.send_bytes(_DONE)  # ready
             while (payload := await _received(pipe)) != _STOP:
