@@ -17,9 +17,14 @@ import asyncio
 import gc
 import time
 
+from typing import TYPE_CHECKING
+
 import orjson
 
 from kim.settings import KimSettings
+
+if TYPE_CHECKING:
+    from kim.messaging import KafkaRecord
 
 AGENCY = "integration_center"
 TOPIC = f"kim.{AGENCY}.events"
@@ -68,17 +73,23 @@ async def _batches(port: int, bodies: list[bytes], connections: int, headers: di
     return time.perf_counter() - started
 
 
+def _record_batches(events: list[dict], batch: int) -> list[list[KafkaRecord]]:
+    """The events as Kafka records in batches of `batch`, the first batch last (senders pop them)."""
+    from kim.messaging import encode_event
+
+    records = [encode_event(e) for e in events]
+    return list(reversed([records[i:i + batch] for i in range(0, len(records), batch)]))
+
+
 async def _plain_producer(bootstrap: str, events: list[dict], batch: int, connections: int) -> float:
     """Seconds a plain Kafka producer takes for these events: the client library's `send` per record
     with the gateway's producer settings (idempotent, acks=all, linger, batch size), `connections`
     senders each awaiting its batch's acknowledgements — no HTTP, validation, chain or transaction."""
     from aiokafka import AIOKafkaProducer
 
-    from kim.messaging import encode_event
     from kim.messaging.producer import DEFAULT_BATCH_BYTES, DEFAULT_LINGER_MS
 
-    records = [encode_event(e) for e in events]
-    queue = list(reversed([records[i:i + batch] for i in range(0, len(records), batch)]))
+    queue = _record_batches(events, batch)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all",
                                 linger_ms=DEFAULT_LINGER_MS, max_batch_size=DEFAULT_BATCH_BYTES)
     await producer.start()
@@ -95,17 +106,15 @@ async def _plain_producer(bootstrap: str, events: list[dict], batch: int, connec
         await producer.stop()
 
 
-async def _batch_path(bootstrap: str, events: list[dict], batch: int, connections: int,
-                      transactional: bool) -> float:
+async def _batch_path(bootstrap: str, events: list[dict], batch: int, connections: int) -> float:
     """Seconds the gateway's own producer path takes for these events without HTTP, validation or
     chain: records handed over a batch per partition, each call group-committed in a transaction."""
     import uuid
 
-    from kim.messaging import EventProducer, encode_event
+    from kim.messaging import EventProducer
 
-    records = [encode_event(e) for e in events]
-    queue = list(reversed([records[i:i + batch] for i in range(0, len(records), batch)]))
-    transactional_id = f"kim-bench-plain-{uuid.uuid4().hex[:8]}" if transactional else None
+    queue = _record_batches(events, batch)
+    transactional_id = f"kim-bench-plain-{uuid.uuid4().hex[:8]}"
     async with EventProducer(bootstrap, timeout=30, transactional_id=transactional_id, chain=False) as producer:
         async def worker() -> None:
             while queue:
@@ -205,7 +214,7 @@ def run(args: argparse.Namespace, settings: KimSettings) -> int:
             events = fresh(args.events, "p")
             plain_rate = len(events) / asyncio.run(_plain_producer(bootstrap, events, args.batch, args.connections))
             events = fresh(args.events, "t")
-            path_rate = len(events) / asyncio.run(_batch_path(bootstrap, events, args.batch, args.connections, True))
+            path_rate = len(events) / asyncio.run(_batch_path(bootstrap, events, args.batch, args.connections))
 
             singles = int(args.seconds * 10_000)  # more than the gateway takes in that time
             n, seconds, closed = run_client(_singles(gateway.port, fresh(singles, "s"), single_headers,
