@@ -8,6 +8,7 @@ from kim.messaging.consumer import (
     decode_envelope,
     envelope_key,
     member_partitions,
+    serve_batches,
 )
 from kim.messaging.outbox import OutboxRelay, RelayGroup, derive_event_id
 from kim.messaging.producer import (
@@ -36,4 +37,5 @@ __all__ = [
     "event_headers",
     "member_partitions",
     "partition_counts",
+    "serve_batches",
 ]

@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import Executor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -46,6 +46,11 @@ SCHEMA = (
         event_id TEXT NOT NULL,
         PRIMARY KEY (consumer_name, source, event_id))""",
 )
+
+_ADVANCE_POSITION = (f"UPDATE {POSITIONS_TABLE} SET next_offset = ? WHERE consumer_name = ? "
+                     "AND topic = ? AND partition = ? AND next_offset = ?")
+_FIRST_POSITION = (f"INSERT INTO {POSITIONS_TABLE} (consumer_name, topic, partition, next_offset) "
+                   "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING")
 
 _MAX_REASON_CHARS = 1000
 
@@ -82,9 +87,32 @@ class _Batch(Generic[T]):
     advanced: dict[TopicPartition, int] = field(default_factory=dict)  # next offsets
 
 
+# Per partition of a batch: (the next offset stored now, None if none is; the next offset after the batch).
+_Advanced = dict[TopicPartition, tuple[int | None, int]]
+
+
+@dataclass(frozen=True)
+class _Applied:
+    """What committing a batch did."""
+
+    valid: int  # events that passed decoding
+    applied: int  # of those, not seen before: handed to the handler
+    invalid: int = 0  # dead-lettered
+
+
+class _Record(NamedTuple):
+    """What a batch's applier needs of a Kafka record: small to send to another process."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes
+
+
 def decode_values(decode: Callable[[bytes], T], values: Sequence[bytes]) -> list[tuple[T | None, str | None]]:
-    """``(event, None)``, or ``(None, why)`` where ``decode`` raised, per value. Module-level,
-    so that a process pool can run it."""
+    """``(event, None)``, or ``(None, why)`` where ``decode`` raised, per value."""
     results: list[tuple[T | None, str | None]] = []
     for value in values:
         try:
@@ -144,6 +172,132 @@ def dead_letter_record(
     return KafkaRecord(record.key, record.value, headers)
 
 
+class BatchApplier(Generic[T]):
+    """Decodes a consumer's batches and commits each, with the positions it reaches, in one transaction:
+    in the consumer's own process, or in a helper process (`serve_batches`)."""
+
+    def __init__(self, name: str, database: Database, handler: Handler[T], decode: Callable[[bytes], T],
+                 event_key: Callable[[T], tuple[str, str]] | None) -> None:
+        self.name = name
+        self.database = database
+        self.handler = handler
+        self.decode = decode
+        self.event_key = event_key
+
+    def decoded(self, records: Sequence[Any]) -> tuple[list[tuple[ConsumedEvent[T], tuple[str, str] | None]],
+                                                         list[tuple[int, str]]]:
+        """The valid events of `records` with their deduplication keys, and `(index, why)` of the others."""
+        valid: list[tuple[ConsumedEvent[T], tuple[str, str] | None]] = []
+        invalid: list[tuple[int, str]] = []
+        results = decode_values(self.decode, [record.value for record in records])
+        for index, (record, (event, reason)) in enumerate(zip(records, results)):
+            key = None
+            if reason is None and self.event_key is not None:
+                try:
+                    key = self.event_key(event)  # type: ignore[arg-type]
+                except Exception as exc:  # as a decoder failure
+                    reason = f"{type(exc).__name__}: {exc}"
+            if reason is not None:
+                invalid.append((index, reason))
+                continue
+            valid.append((ConsumedEvent(record.topic, record.partition, record.offset, record.timestamp,
+                                        record.key, event), key))  # type: ignore[arg-type]
+        return valid, invalid
+
+    def apply(self, records: Sequence[Any], advanced: _Advanced) -> _Applied | list[tuple[int, str]]:
+        """The batch committed; or, if some records are invalid, their `(index, why)` and nothing committed."""
+        valid, invalid = self.decoded(records)
+        if invalid:
+            return invalid
+        return _Applied(len(valid), self.commit(valid, advanced))
+
+    def commit(self, valid: list[tuple[ConsumedEvent[T], tuple[str, str] | None]], advanced: _Advanced) -> int:
+        """Hand the events not seen before to the handler; returns how many it got."""
+        with self.database.transaction() as tx:
+            # First, so the position rows are locked for the whole batch and a
+            # competing process either waits for us or sees a conflict.
+            self._advance_positions(tx, advanced)
+            if self.event_key is None:
+                fresh = [event for event, _ in valid]
+            else:
+                fresh = self._drop_seen(tx, valid)
+            if fresh:
+                self.handler(tx, fresh)
+        return len(fresh)
+
+    def _advance_positions(self, tx: Transaction, advanced: _Advanced) -> None:
+        updates = []
+        inserts = []
+        for tp, (old, offset) in advanced.items():
+            if old is None:
+                inserts.append((self.name, tp.topic, tp.partition, offset))
+            else:
+                updates.append((offset, self.name, tp.topic, tp.partition, old))
+        for statement, rows in ((_ADVANCE_POSITION, updates), (_FIRST_POSITION, inserts)):
+            if rows:
+                tx.executemany(statement, rows)
+                if tx.rowcount != len(rows):  # another process moved it first
+                    raise PositionConflict
+
+    def _drop_seen(
+        self,
+        tx: Transaction,
+        valid: list[tuple[ConsumedEvent[T], tuple[str, str] | None]],
+    ) -> list[ConsumedEvent[T]]:
+        first: dict[tuple[str, str], ConsumedEvent[T]] = {}
+        for event, key in valid:
+            assert key is not None
+            first.setdefault(key, event)  # a repeat inside the batch is a duplicate too
+        if not first:
+            return []
+        seen = self._record_keys(tx, list(first))
+        return [event for key, event in first.items() if key not in seen]
+
+    def _record_keys(self, tx: Transaction, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Insert ``keys`` into the seen set; return those that were there already."""
+        if tx.dialect == "postgresql":
+            # One round trip, and only the (usually no) duplicates come back.
+            rows = tx.execute(
+                "WITH input AS (SELECT s, i, n FROM unnest(?::text[], ?::text[]) "
+                "WITH ORDINALITY AS t(s, i, n)), "
+                f"inserted AS (INSERT INTO {SEEN_TABLE} (consumer_name, source, event_id) "
+                "SELECT ?, s, i FROM input ON CONFLICT DO NOTHING RETURNING source, event_id) "
+                "SELECT n FROM input WHERE NOT EXISTS (SELECT 1 FROM inserted "
+                "WHERE inserted.source = input.s AND inserted.event_id = input.i)",
+                [[s for s, _ in keys], [i for _, i in keys], self.name],
+            ).fetchall()
+            return {keys[n - 1] for (n,) in rows}
+        # SQLite runs in-process, so a statement per key costs microseconds,
+        # and each one is an index lookup rather than a scan.
+        seen = set()
+        for key in keys:
+            tx.execute(
+                f"INSERT INTO {SEEN_TABLE} (consumer_name, source, event_id) VALUES (?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                [self.name, *key],
+            )
+            if tx.rowcount == 0:
+                seen.add(key)
+        return seen
+
+
+# The appliers a helper process serves, by consumer name.
+_appliers: dict[str, BatchApplier[Any]] = {}
+
+
+def serve_batches(name: str, database: Database, handler: Handler[T], *,
+                  decode: Callable[[bytes], T] = decode_envelope,  # type: ignore[assignment]
+                  event_key: Callable[[T], tuple[str, str]] | None = envelope_key,  # type: ignore[assignment]
+                  ) -> None:
+    """In a helper process (at its start): apply the batches of consumer `name` that are sent here
+    (`TrackedConsumer(apply_in=...)`), as that consumer would."""
+    _appliers[name] = BatchApplier(name, database, handler, decode, event_key)
+
+
+def _apply_in_helper(name: str, records: list[_Record], advanced: _Advanced) -> _Applied | list[tuple[int, str]]:
+    return _appliers[name].apply(records, advanced)
+
+
 class TrackedConsumer(Generic[T]):
     """Consume ``topics`` into ``database`` through ``handler``.
 
@@ -164,10 +318,11 @@ class TrackedConsumer(Generic[T]):
     types) skips records whose ``ce_type`` header names another type, without
     decoding them; records without that header are decoded as usual.
 
-    ``decode_in`` (an executor, typically a process pool; ``decode`` must then be
-    picklable and return small picklable values) decodes each batch there while
-    this process fetches the next one; without it, batches are decoded in the
-    event loop.
+    ``apply_in`` (a helper process that called ``serve_batches`` with this
+    consumer's name, handler, decoder and key) decodes and commits each batch
+    there while this process fetches the next one; if the helper dies, batches
+    are applied here from then on. ``after_commit`` is called in the event loop
+    after each batch that handed events to the handler was committed.
     """
 
     def __init__(
@@ -190,7 +345,8 @@ class TrackedConsumer(Generic[T]):
         isolation_level: str = "read_committed",
         startup_timeout: float = 30.0,
         event_types: Collection[str] | None = None,
-        decode_in: Executor | None = None,
+        apply_in: Executor | None = None,
+        after_commit: Callable[[], None] | None = None,
     ) -> None:
         if sum(x is not None for x in (group_id, partitions, member)) > 1:
             raise ValueError("choose at most one of group_id, partitions, member")
@@ -199,10 +355,7 @@ class TrackedConsumer(Generic[T]):
         self.name = name
         self.topics = list(topics)
         self.database = database
-        self.handler = handler
         self.bootstrap_servers = bootstrap_servers
-        self.decode = decode
-        self.event_key = event_key
         self.group_id = group_id
         self.partitions = None if partitions is None else sorted(set(partitions))
         self.member = member
@@ -212,7 +365,9 @@ class TrackedConsumer(Generic[T]):
         self.isolation_level = isolation_level
         self.startup_timeout = startup_timeout
         self.event_types = None if event_types is None else frozenset(t.encode() for t in event_types)
-        self.decode_in = decode_in
+        self.apply_in = apply_in
+        self.after_commit = after_commit
+        self._applier = BatchApplier(name, database, handler, decode, event_key)
 
         self.applied = 0  # events handed to the handler and committed
         self.duplicates = 0
@@ -230,7 +385,7 @@ class TrackedConsumer(Generic[T]):
         # from Kafka (ahead of _stored by the batch in flight).
         self._stored: dict[TopicPartition, int | None] = {}
         self._next: dict[TopicPartition, int] = {}
-        self._in_flight: tuple[_Batch[T], asyncio.Task[int]] | None = None
+        self._in_flight: tuple[_Batch[T], asyncio.Task[_Applied]] | None = None
         self._targets: dict[TopicPartition, int] = {}
         self._reached: set[TopicPartition] = set()
         self._assigned = False
@@ -291,7 +446,7 @@ class TrackedConsumer(Generic[T]):
                     # Decoding a batch overlaps the commit of the previous one, committing
                     # it overlaps fetching the next one.
                     batch = self._prepare(records)
-                    if batch is not None:
+                    if batch is not None and self.apply_in is None:
                         batch.decoding = asyncio.create_task(self._decode(batch))
                     if not await self._finish_in_flight():
                         if batch is not None and batch.decoding is not None:
@@ -409,42 +564,55 @@ class TrackedConsumer(Generic[T]):
         return batch if batch.advanced else None
 
     async def _start_commit(self, batch: _Batch[T]) -> None:
-        self._in_flight = (batch, asyncio.create_task(self._decode_and_commit(batch)))
+        advanced = {tp: (self._stored[tp], offset) for tp, offset in batch.advanced.items()}
+        self._in_flight = (batch, asyncio.create_task(self._decode_and_commit(batch, advanced)))
+        # Let it hand its work to the helper or a thread now: the next poll returns records already
+        # fetched without giving the event loop a turn, and the batch would wait until it had built them.
+        await asyncio.sleep(0)
 
-    async def _decode_and_commit(self, batch: _Batch[T]) -> int:
-        assert batch.decoding is not None
-        await batch.decoding
+    async def _decode_and_commit(self, batch: _Batch[T], advanced: _Advanced) -> _Applied:
+        applied = await self._applied(batch, advanced)
+        if applied.applied and self.after_commit is not None:
+            self.after_commit()
+        return applied
+
+    async def _applied(self, batch: _Batch[T], advanced: _Advanced) -> _Applied:
+        if self.apply_in is not None:
+            applied = await self._applied_by_helper(batch, advanced)
+            if applied is not None:
+                return applied
+        await (batch.decoding or self._decode(batch))  # none yet if it was left to a helper that is gone
         if batch.invalid:
             # Before the positions move past them, so none is ever lost.
             await self._dead_letter(batch.invalid)
-        return await asyncio.to_thread(self._commit, batch.valid, batch.advanced)
+        applied = await asyncio.to_thread(self._applier.commit, batch.valid, advanced)
+        return _Applied(len(batch.valid), applied, len(batch.invalid))
+
+    async def _applied_by_helper(self, batch: _Batch[T], advanced: _Advanced) -> _Applied | None:
+        """The batch decoded and committed by the helper; None if the helper is gone (then from now on here)."""
+        records = [_Record(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value) for r in batch.pending]
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(self.apply_in, _apply_in_helper, self.name, records, advanced)
+            if isinstance(result, _Applied):
+                return result
+            # Some are invalid, and nothing is committed: they go to the dead-letter topic first.
+            await self._dead_letter([dead_letter_record(batch.pending[i], why, self.name) for i, why in result])
+            invalid = {i for i, _ in result}
+            records = [record for i, record in enumerate(records) if i not in invalid]
+            result = await loop.run_in_executor(self.apply_in, _apply_in_helper, self.name, records, advanced)
+            if not isinstance(result, _Applied):
+                raise RuntimeError(f"{self.name}: decoding the same records twice gave different results")
+            return _Applied(result.valid, result.applied, len(invalid))
+        except BrokenProcessPool:
+            log.warning("%s: the helper process is gone; applying batches here from now on", self.name)
+            self.apply_in = None
+            return None
 
     async def _decode(self, batch: _Batch[T]) -> None:
-        values = [record.value for record in batch.pending]
-        results = None
-        if self.decode_in is not None and values:
-            try:
-                results = await asyncio.get_running_loop().run_in_executor(
-                    self.decode_in, decode_values, self.decode, values
-                )
-            except BrokenProcessPool:
-                log.warning("%s: the decoding process is gone; decoding here from now on", self.name)
-                self.decode_in = None
-        if results is None:
-            results = decode_values(self.decode, values)
-        for record, (event, reason) in zip(batch.pending, results):
-            key = None
-            if reason is None and self.event_key is not None:
-                try:
-                    key = self.event_key(event)
-                except Exception as exc:  # as a decoder failure
-                    reason = f"{type(exc).__name__}: {exc}"
-            if reason is not None:
-                batch.invalid.append(dead_letter_record(record, reason, self.name))
-                continue
-            consumed = ConsumedEvent(record.topic, record.partition, record.offset, record.timestamp, record.key, event)
-            batch.valid.append((consumed, key))
-        batch.pending = []
+        valid, invalid = self._applier.decoded(batch.pending)
+        batch.valid = valid
+        batch.invalid = [dead_letter_record(batch.pending[i], why, self.name) for i, why in invalid]
 
     async def _finish_in_flight(self) -> bool:
         """Wait for the commit in flight; False if it lost a position conflict."""
@@ -453,14 +621,14 @@ class TrackedConsumer(Generic[T]):
         batch, task = self._in_flight
         self._in_flight = None
         try:
-            applied = await task
+            result = await task
         except PositionConflict:
             log.warning("%s: positions moved by another process; reloading", self.name)
             await self._reload_positions()
             return False
-        self.applied += applied
-        self.duplicates += len(batch.valid) - applied
-        self.dead_lettered += len(batch.invalid)
+        self.applied += result.applied
+        self.duplicates += result.valid - result.applied
+        self.dead_lettered += result.invalid
         for tp, offset in batch.advanced.items():
             if tp in self._stored:
                 self._stored[tp] = offset
@@ -506,90 +674,6 @@ class TrackedConsumer(Generic[T]):
                     raise
                 log.exception("%s: dead-letter topic unavailable, retrying", self.name)
                 await asyncio.sleep(1.0)  # back off; the batch is retried as a whole
-
-    def _commit(
-        self,
-        valid: list[tuple[ConsumedEvent[T], tuple[str, str] | None]],
-        advanced: dict[TopicPartition, int],
-    ) -> int:
-        with self.database.transaction() as tx:
-            # First, so the position rows are locked for the whole batch and a
-            # competing process either waits for us or sees a conflict.
-            self._advance_positions(tx, advanced)
-            if self.event_key is None:
-                fresh = [event for event, _ in valid]
-            else:
-                fresh = self._drop_seen(tx, valid)
-            if fresh:
-                self.handler(tx, fresh)
-        return len(fresh)
-
-    def _advance_positions(self, tx: Transaction, advanced: dict[TopicPartition, int]) -> None:
-        updates = []
-        inserts = []
-        for tp, offset in advanced.items():
-            old = self._stored[tp]
-            if old is None:
-                inserts.append((self.name, tp.topic, tp.partition, offset))
-            else:
-                updates.append((offset, self.name, tp.topic, tp.partition, old))
-        if updates:
-            tx.executemany(
-                f"UPDATE {POSITIONS_TABLE} SET next_offset = ? WHERE consumer_name = ? "
-                "AND topic = ? AND partition = ? AND next_offset = ?",
-                updates,
-            )
-            if tx.rowcount != len(updates):
-                raise PositionConflict
-        if inserts:
-            tx.executemany(
-                f"INSERT INTO {POSITIONS_TABLE} (consumer_name, topic, partition, next_offset) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                inserts,
-            )
-            if tx.rowcount != len(inserts):
-                raise PositionConflict
-
-    def _drop_seen(
-        self,
-        tx: Transaction,
-        valid: list[tuple[ConsumedEvent[T], tuple[str, str] | None]],
-    ) -> list[ConsumedEvent[T]]:
-        first: dict[tuple[str, str], ConsumedEvent[T]] = {}
-        for event, key in valid:
-            assert key is not None
-            first.setdefault(key, event)  # a repeat inside the batch is a duplicate too
-        if not first:
-            return []
-        seen = self._record_keys(tx, list(first))
-        return [event for key, event in first.items() if key not in seen]
-
-    def _record_keys(self, tx: Transaction, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
-        """Insert ``keys`` into the seen set; return those that were there already."""
-        if tx.dialect == "postgresql":
-            # One round trip, and only the (usually no) duplicates come back.
-            rows = tx.execute(
-                "WITH input AS (SELECT s, i, n FROM unnest(?::text[], ?::text[]) "
-                "WITH ORDINALITY AS t(s, i, n)), "
-                f"inserted AS (INSERT INTO {SEEN_TABLE} (consumer_name, source, event_id) "
-                "SELECT ?, s, i FROM input ON CONFLICT DO NOTHING RETURNING source, event_id) "
-                "SELECT n FROM input WHERE NOT EXISTS (SELECT 1 FROM inserted "
-                "WHERE inserted.source = input.s AND inserted.event_id = input.i)",
-                [[s for s, _ in keys], [i for _, i in keys], self.name],
-            ).fetchall()
-            return {keys[n - 1] for (n,) in rows}
-        # SQLite runs in-process, so a statement per key costs microseconds,
-        # and each one is an index lookup rather than a scan.
-        seen = set()
-        for key in keys:
-            tx.execute(
-                f"INSERT INTO {SEEN_TABLE} (consumer_name, source, event_id) VALUES (?, ?, ?) "
-                "ON CONFLICT DO NOTHING",
-                [self.name, *key],
-            )
-            if tx.rowcount == 0:
-                seen.add(key)
-        return seen
 
 
 class _Rebalance(ConsumerRebalanceListener):

@@ -55,13 +55,11 @@ class Referral:
     written only for persons that got no facts meanwhile (the others stay due)."""
 
     def __init__(self, db: Database, rules: RulesConfig, encode_derived: DerivedEncoder,
-                 clock: Clock = utc_now, on_stale: Callable[[], None] = lambda: None,
-                 chunk: int = 500) -> None:
+                 clock: Clock = utc_now, chunk: int = 500) -> None:
         self._db = db
         self._rules = rules
         self._encode = encode_derived
         self._clock = clock
-        self._on_stale = on_stale
         self._chunk = chunk
         # One recomputation at a time in this process: two would compute the same persons.
         self._recompute_lock = threading.Lock()
@@ -77,7 +75,6 @@ class Referral:
             return
         ReferralStore.add_facts(tx, [e.event for e in relevant])
         ReferralStore.mark_stale(tx, {e.event[ROW_SUBJECT]: e.partition for e in relevant})
-        self._on_stale()
 
     def recompute_due(self, partitions: Sequence[int] | None) -> int:
         """Recompute one chunk of the persons (of `partitions`; None: all) with new facts

@@ -24,7 +24,7 @@ from kim.service import add_health_routes, kafka_reachable
 from kim.storage import Database
 from services.referral.api import router
 from services.referral.application import Referral
-from services.referral.messaging import agency_consumer, encode_derived, publish_derived
+from services.referral.messaging import agency_consumer, encode_derived, publish_derived, serve_agency_batches
 from services.referral.projections import SCHEMA
 from services.referral.rules import load_rules
 from services.referral.settings import ReferralSettings
@@ -40,6 +40,7 @@ _worker_referral: Referral | None = None
 def _start_worker(store_url: str, rules_file: Path | None) -> None:
     global _worker_referral
     _worker_referral = Referral(Database.from_url(store_url), load_rules(rules_file), encode_derived)
+    serve_agency_batches(_worker_referral)
 
 
 def _recompute_in_worker(partitions: Sequence[int]) -> int:
@@ -119,14 +120,14 @@ def create_app(settings: ReferralSettings) -> FastAPI:
         (settings.data_dir / "stores").mkdir(parents=True, exist_ok=True)
         db = Database.from_url(settings.store_url("referral"))
         db.ensure_schema(SCHEMA)
-        loop = asyncio.get_running_loop()
         wake, stopping, quiet = asyncio.Event(), asyncio.Event(), asyncio.Event()
         quiet.set()
-        referral = Referral(db, rules, encode_derived, on_stale=lambda: loop.call_soon_threadsafe(wake.set))
-        # Validating an event costs the most per event, computing a person the most per person:
-        # a second process validates while this one reads Kafka, and computes half of the persons.
+        referral = Referral(db, rules, encode_derived)
+        # Validating and storing events costs the most per event, computing a person the most per person:
+        # a second process validates and stores while this one reads Kafka, and computes half of the persons.
         worker = helper_process(_start_worker, (settings.store_url("referral"), settings.rules_file))
-        consumer = agency_consumer(referral, db, settings.bootstrap, settings.referral_group, decode_in=worker)
+        consumer = agency_consumer(referral, db, settings.bootstrap, settings.referral_group, apply_in=worker,
+                                   after_commit=wake.set)
         # Instances of a group publish side by side: each needs a hash chain of its own (also two
         # instances in one process, as the scale-out test runs them).
         producer = EventProducer(settings.bootstrap, client_id="kim-referral",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from concurrent.futures import Executor
 from datetime import datetime
 
@@ -13,7 +14,7 @@ import anyio
 import orjson
 
 from contracts import decode
-from kim.messaging import EventProducer, KafkaRecord, TrackedConsumer, event_headers
+from kim.messaging import EventProducer, KafkaRecord, TrackedConsumer, event_headers, serve_batches
 from kim.storage import Database
 from kim.topics import AGENCY_TOPICS, service_topic
 from services.referral.application import Referral
@@ -44,13 +45,20 @@ def decode_fact(value: bytes) -> FactRow:
     return fact_row(decode(value))
 
 
+def serve_agency_batches(referral: Referral) -> None:
+    """In the helper process: apply the batches that `agency_consumer(apply_in=helper)` sends there."""
+    serve_batches("referral", referral.db, referral.apply, decode=decode_fact, event_key=None)
+
+
 def agency_consumer(referral: Referral, db: Database, bootstrap: str, group: str,
-                    decode_in: Executor | None = None) -> TrackedConsumer:
+                    apply_in: Executor | None = None,
+                    after_commit: Callable[[], None] | None = None) -> TrackedConsumer:
     # Only the types that change responsibility are decoded; the other services validate the rest.
     # No separate seen-set: the facts table is keyed by (source, id), so a repeat changes nothing.
     # Large polls during a catch-up: fewer transactions, each touching a page of the facts once.
     return TrackedConsumer("referral", list(AGENCY_TOPICS), db, referral.apply, bootstrap_servers=bootstrap,
-                           decode=decode_fact, event_key=None, group_id=group, decode_in=decode_in,
+                           decode=decode_fact, event_key=None, group_id=group, apply_in=apply_in,
+                           after_commit=after_commit,
                            event_types=[f"de.kim.{name}.v1" for name in RELEVANT_EVENTS], max_records=20000)
 
 

@@ -12,13 +12,12 @@ from aiokafka import TopicPartition
 from kim.messaging import (
     ConsumedEvent,
     InvalidEvent,
-    TrackedConsumer,
     decode_envelope,
     derive_event_id,
     encode_event,
     member_partitions,
 )
-from kim.messaging.consumer import SCHEMA, PositionConflict, dead_letter_record
+from kim.messaging.consumer import SCHEMA, BatchApplier, PositionConflict, dead_letter_record, envelope_key
 from kim.storage import Database, eventsourcing_env, qmark_to_format, sqlite_path, upsert_sql
 
 ENVELOPE = {
@@ -183,23 +182,16 @@ def test_batch_commit_dedups_and_fences_a_competing_process(tmp_path):
     def handler(tx, events):
         handled.extend(e.event["id"] for e in events)
 
-    def consumer() -> TrackedConsumer:
-        c = TrackedConsumer("proj", ["t"], db, handler, bootstrap_servers="unused:9092")
-        c._stored = {TopicPartition("t", 0): None}
-        return c
-
     db.ensure_schema(SCHEMA)
     tp = TopicPartition("t", 0)
-    a, b = consumer(), consumer()  # both believe nothing was consumed yet
+    applier = BatchApplier("proj", db, handler, decode_envelope, envelope_key)
     try:
-        assert a._commit([_event(0, "x"), _event(1, "y"), _event(2, "x")], {tp: 3}) == 2
-        a._stored[tp] = 3
-        with pytest.raises(PositionConflict):
-            b._commit([_event(0, "x")], {tp: 1})
-        b._stored[tp] = 1  # stale belief of an existing row
-        with pytest.raises(PositionConflict):
-            b._commit([_event(1, "z")], {tp: 2})
-        assert a._commit([_event(3, "x"), _event(4, "x", "urn:kim:youth_office")], {tp: 5}) == 1
+        assert applier.commit([_event(0, "x"), _event(1, "y"), _event(2, "x")], {tp: (None, 3)}) == 2
+        with pytest.raises(PositionConflict):  # a competitor that believes nothing was consumed yet
+            applier.commit([_event(0, "x")], {tp: (None, 1)})
+        with pytest.raises(PositionConflict):  # a stale belief of an existing row
+            applier.commit([_event(1, "z")], {tp: (1, 2)})
+        assert applier.commit([_event(3, "x"), _event(4, "x", "urn:kim:youth_office")], {tp: (3, 5)}) == 1
         assert handled == ["x", "y", "x"]
         with db.transaction(readonly=True) as tx:
             assert tx.execute("SELECT next_offset FROM kim_consumer_positions").fetchall() == [(5,)]
