@@ -8,7 +8,9 @@ both dialects, so most statements need no dialect switch; for the few that do,
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -189,6 +191,7 @@ class SQLiteDatabase(Database):
         # consumers run their batches in worker threads.
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
+        self._write_locks: list[int] = []  # file descriptors
         self._lock = threading.Lock()
         self._connection().execute("PRAGMA journal_mode=WAL")
         self._closing = threading.Event()
@@ -227,15 +230,34 @@ class SQLiteDatabase(Database):
             # Checkpoints run in the background; a commit runs one only if the log grows past 400 MB.
             conn.execute("PRAGMA wal_autocheckpoint=100000")  # pages
             self._local.conn = conn
+            # Its own open file, so that the lock also excludes this process's other threads.
+            self._local.write_lock = os.open(self.path + ".writelock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             with self._lock:
                 self._connections.append(conn)
+                self._write_locks.append(self._local.write_lock)
         return conn
 
     @contextmanager
     def transaction(self, *, readonly: bool = False) -> Iterator[Transaction]:
         conn = self._connection()
+        if readonly:
+            yield from self._run(conn, "BEGIN")
+            return
+        # Writers queue on a file lock first. SQLite's own wait for its write lock polls with sleeps of up
+        # to 100 ms, so a process committing batch after batch starved the writers of another process
+        # (a service's helper); the kernel hands a file lock over the moment it is released, and also
+        # releases it when its holder dies.
+        lock = self._local.write_lock
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield from self._run(conn, "BEGIN IMMEDIATE")
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+    @staticmethod
+    def _run(conn: sqlite3.Connection, begin: str) -> Iterator[Transaction]:
         cursor = conn.cursor()
-        cursor.execute("BEGIN" if readonly else "BEGIN IMMEDIATE")
+        cursor.execute(begin)
         try:
             yield Transaction(cursor, "sqlite")
         except BaseException:
@@ -251,7 +273,10 @@ class SQLiteDatabase(Database):
         with self._lock:
             for conn in self._connections:
                 conn.close()
+            for fd in self._write_locks:
+                os.close(fd)
             self._connections.clear()
+            self._write_locks.clear()
         self._local = threading.local()
 
 

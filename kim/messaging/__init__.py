@@ -8,7 +8,6 @@ from kim.messaging.consumer import (
     decode_envelope,
     envelope_key,
     member_partitions,
-    serve_batches,
 )
 from kim.messaging.outbox import OutboxRelay, RelayGroup, derive_event_id
 from kim.messaging.producer import (
@@ -37,5 +36,4 @@ __all__ = [
     "event_headers",
     "member_partitions",
     "partition_counts",
-    "serve_batches",
 ]

@@ -11,10 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Collection, Iterable, Sequence
-from concurrent.futures import Executor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -100,17 +98,6 @@ class _Applied:
     invalid: int = 0  # dead-lettered
 
 
-class _Record(NamedTuple):
-    """What a batch's applier needs of a Kafka record: small to send to another process."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes
-
-
 def decode_values(decode: Callable[[bytes], T], values: Sequence[bytes]) -> list[tuple[T | None, str | None]]:
     """``(event, None)``, or ``(None, why)`` where ``decode`` raised, per value."""
     results: list[tuple[T | None, str | None]] = []
@@ -173,8 +160,7 @@ def dead_letter_record(
 
 
 class BatchApplier(Generic[T]):
-    """Decodes a consumer's batches and commits each, with the positions it reaches, in one transaction:
-    in the consumer's own process, or in a helper process (`serve_batches`)."""
+    """Decodes a consumer's batches and commits each, with the positions it reaches, in one transaction."""
 
     def __init__(self, name: str, database: Database, handler: Handler[T], decode: Callable[[bytes], T],
                  event_key: Callable[[T], tuple[str, str]] | None) -> None:
@@ -203,13 +189,6 @@ class BatchApplier(Generic[T]):
             valid.append((ConsumedEvent(record.topic, record.partition, record.offset, record.timestamp,
                                         record.key, event), key))  # type: ignore[arg-type]
         return valid, invalid
-
-    def apply(self, records: Sequence[Any], advanced: _Advanced) -> _Applied | list[tuple[int, str]]:
-        """The batch committed; or, if some records are invalid, their `(index, why)` and nothing committed."""
-        valid, invalid = self.decoded(records)
-        if invalid:
-            return invalid
-        return _Applied(len(valid), self.commit(valid, advanced))
 
     def commit(self, valid: list[tuple[ConsumedEvent[T], tuple[str, str] | None]], advanced: _Advanced) -> int:
         """Hand the events not seen before to the handler; returns how many it got."""
@@ -281,23 +260,6 @@ class BatchApplier(Generic[T]):
         return seen
 
 
-# The appliers a helper process serves, by consumer name.
-_appliers: dict[str, BatchApplier[Any]] = {}
-
-
-def serve_batches(name: str, database: Database, handler: Handler[T], *,
-                  decode: Callable[[bytes], T] = decode_envelope,  # type: ignore[assignment]
-                  event_key: Callable[[T], tuple[str, str]] | None = envelope_key,  # type: ignore[assignment]
-                  ) -> None:
-    """In a helper process (at its start): apply the batches of consumer `name` that are sent here
-    (`TrackedConsumer(apply_in=...)`), as that consumer would."""
-    _appliers[name] = BatchApplier(name, database, handler, decode, event_key)
-
-
-def _apply_in_helper(name: str, records: list[_Record], advanced: _Advanced) -> _Applied | list[tuple[int, str]]:
-    return _appliers[name].apply(records, advanced)
-
-
 class TrackedConsumer(Generic[T]):
     """Consume ``topics`` into ``database`` through ``handler``.
 
@@ -318,11 +280,8 @@ class TrackedConsumer(Generic[T]):
     types) skips records whose ``ce_type`` header names another type, without
     decoding them; records without that header are decoded as usual.
 
-    ``apply_in`` (a helper process that called ``serve_batches`` with this
-    consumer's name, handler, decoder and key) decodes and commits each batch
-    there while this process fetches the next one; if the helper dies, batches
-    are applied here from then on. ``after_commit`` is called in the event loop
-    after each batch that handed events to the handler was committed.
+    ``after_commit`` is called in the event loop after each batch that handed
+    events to the handler was committed.
     """
 
     def __init__(
@@ -345,7 +304,6 @@ class TrackedConsumer(Generic[T]):
         isolation_level: str = "read_committed",
         startup_timeout: float = 30.0,
         event_types: Collection[str] | None = None,
-        apply_in: Executor | None = None,
         after_commit: Callable[[], None] | None = None,
     ) -> None:
         if sum(x is not None for x in (group_id, partitions, member)) > 1:
@@ -365,7 +323,6 @@ class TrackedConsumer(Generic[T]):
         self.isolation_level = isolation_level
         self.startup_timeout = startup_timeout
         self.event_types = None if event_types is None else frozenset(t.encode() for t in event_types)
-        self.apply_in = apply_in
         self.after_commit = after_commit
         self._applier = BatchApplier(name, database, handler, decode, event_key)
 
@@ -428,6 +385,9 @@ class TrackedConsumer(Generic[T]):
             # A fetch only for partitions read to their end waits this long on the broker,
             # and the partitions still being read wait behind it (aiokafka's default: 500 ms).
             fetch_max_wait_ms=100,
+            # A member learns of a rebalance (one joining, say) at its next heartbeat: soon, so that the
+            # newcomer shares the work at once (aiokafka's default: every 3 s).
+            heartbeat_interval_ms=200,
         )
         self._consumer = consumer
         if self.group_id is not None:
@@ -446,10 +406,10 @@ class TrackedConsumer(Generic[T]):
                     # Decoding a batch overlaps the commit of the previous one, committing
                     # it overlaps fetching the next one.
                     batch = self._prepare(records)
-                    if batch is not None and self.apply_in is None:
+                    if batch is not None:
                         batch.decoding = asyncio.create_task(self._decode(batch))
                     if not await self._finish_in_flight():
-                        if batch is not None and batch.decoding is not None:
+                        if batch is not None:
                             batch.decoding.cancel()
                         continue  # the prepared batch was read past a stale position
                     if batch is not None:
@@ -566,8 +526,8 @@ class TrackedConsumer(Generic[T]):
     async def _start_commit(self, batch: _Batch[T]) -> None:
         advanced = {tp: (self._stored[tp], offset) for tp, offset in batch.advanced.items()}
         self._in_flight = (batch, asyncio.create_task(self._decode_and_commit(batch, advanced)))
-        # Let it hand its work to the helper or a thread now: the next poll returns records already
-        # fetched without giving the event loop a turn, and the batch would wait until it had built them.
+        # Let the batch be decoded and handed to its thread now: the next poll returns records already
+        # fetched without giving the event loop a turn, and the commit would wait until it had built them.
         await asyncio.sleep(0)
 
     async def _decode_and_commit(self, batch: _Batch[T], advanced: _Advanced) -> _Applied:
@@ -577,37 +537,13 @@ class TrackedConsumer(Generic[T]):
         return applied
 
     async def _applied(self, batch: _Batch[T], advanced: _Advanced) -> _Applied:
-        if self.apply_in is not None:
-            applied = await self._applied_by_helper(batch, advanced)
-            if applied is not None:
-                return applied
-        await (batch.decoding or self._decode(batch))  # none yet if it was left to a helper that is gone
+        assert batch.decoding is not None
+        await batch.decoding
         if batch.invalid:
             # Before the positions move past them, so none is ever lost.
             await self._dead_letter(batch.invalid)
         applied = await asyncio.to_thread(self._applier.commit, batch.valid, advanced)
         return _Applied(len(batch.valid), applied, len(batch.invalid))
-
-    async def _applied_by_helper(self, batch: _Batch[T], advanced: _Advanced) -> _Applied | None:
-        """The batch decoded and committed by the helper; None if the helper is gone (then from now on here)."""
-        records = [_Record(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value) for r in batch.pending]
-        loop = asyncio.get_running_loop()
-        try:
-            result = await loop.run_in_executor(self.apply_in, _apply_in_helper, self.name, records, advanced)
-            if isinstance(result, _Applied):
-                return result
-            # Some are invalid, and nothing is committed: they go to the dead-letter topic first.
-            await self._dead_letter([dead_letter_record(batch.pending[i], why, self.name) for i, why in result])
-            invalid = {i for i, _ in result}
-            records = [record for i, record in enumerate(records) if i not in invalid]
-            result = await loop.run_in_executor(self.apply_in, _apply_in_helper, self.name, records, advanced)
-            if not isinstance(result, _Applied):
-                raise RuntimeError(f"{self.name}: decoding the same records twice gave different results")
-            return _Applied(result.valid, result.applied, len(invalid))
-        except BrokenProcessPool:
-            log.warning("%s: the helper process is gone; applying batches here from now on", self.name)
-            self.apply_in = None
-            return None
 
     async def _decode(self, batch: _Batch[T]) -> None:
         valid, invalid = self._applier.decoded(batch.pending)

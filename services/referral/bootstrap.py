@@ -8,23 +8,26 @@ import itertools
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+import threading
+from collections.abc import Callable
 from concurrent.futures import Executor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 from fastapi import FastAPI
 
 from kim.auth import TokenVerifier
 from kim.helper import helper_process
-from kim.messaging import EventProducer, TrackedConsumer
+from kim.messaging import EventProducer
 from kim.service import add_health_routes, kafka_reachable
 from kim.storage import Database
 from services.referral.api import router
 from services.referral.application import Referral
-from services.referral.messaging import agency_consumer, encode_derived, publish_derived, serve_agency_batches
+from services.referral.messaging import agency_consumer, encode_derived, publish_derived
 from services.referral.projections import SCHEMA
 from services.referral.rules import load_rules
 from services.referral.settings import ReferralSettings
@@ -33,82 +36,111 @@ log = logging.getLogger(__name__)
 
 _instances = itertools.count(1)  # referral apps started in this process
 
-# The worker process's own view of the store (set by `_start_worker`).
-_worker_referral: Referral | None = None
+T = TypeVar("T")
 
 
-def _start_worker(store_url: str, rules_file: Path | None) -> None:
-    global _worker_referral
-    _worker_referral = Referral(Database.from_url(store_url), load_rules(rules_file), encode_derived)
-    serve_agency_batches(_worker_referral)
+@dataclass(frozen=True)
+class MemberStatus:
+    error: str | None  # why the member stopped consuming, if it did
+    caught_up: bool
+    owned: list[int] | None  # partition numbers; None before an assignment
 
 
-def _recompute_in_worker(partitions: Sequence[int]) -> int:
-    assert _worker_referral is not None
-    return _worker_referral.recompute_due(partitions)
+class Member:
+    """A member of the referral consumer group: consumes the partition numbers it owns on every agency
+    topic and recomputes their persons as soon as their facts are stored, and when one of their deadlines
+    passes without any event arriving (§4). A service runs one in its own process and, with a second CPU,
+    one in its helper process: reading, validating and computing each take a CPU's time per event."""
 
+    def __init__(self, referral: Referral, bootstrap: str, group: str, tick_s: float) -> None:
+        self.referral = referral
+        self.tick_s = tick_s
+        self.error: str | None = None
+        self.stopping = asyncio.Event()
+        self.wake = asyncio.Event()
+        self.quiet = asyncio.Event()  # clear while persons are being computed
+        self.quiet.set()
+        self.consumer = agency_consumer(referral, referral.db, bootstrap, group, after_commit=self.wake.set)
 
-async def _recompute_due(referral: Referral, worker: Executor | None, owned: list[int],
-                         going_on: Callable[[], bool]) -> None:
-    """Recompute the due persons of `owned`, chunk after chunk, until none is left or `going_on()`
-    fails; with a worker, the persons of every other partition there, at the same time."""
-    async def here(partitions: list[int]) -> int:
-        return await anyio.to_thread.run_sync(referral.recompute_due, partitions)
+    def status(self) -> MemberStatus:
+        return MemberStatus(self.error, self.consumer.caught_up(), self.consumer.owned_partitions())
 
-    async def there(partitions: list[int]) -> int:
+    def stop(self) -> None:
+        self.stopping.set()
+        self.consumer.stop()
+
+    async def run(self) -> None:
+        await asyncio.gather(self._consume(), self._recompute())
+
+    async def _consume(self) -> None:
         try:
-            return await asyncio.get_running_loop().run_in_executor(worker, _recompute_in_worker, partitions)
-        except BrokenProcessPool:
-            log.warning("the worker process is gone; computing its persons here")
-            return await here(partitions)
+            await self.consumer.run()
+        except Exception as exc:
+            # Readiness reports it; the projection stays as last committed.
+            log.exception("the referral consumer stopped")
+            self.error = f"the consumer stopped: {exc!r}"
 
-    async def until_done(recompute: Callable[[list[int]], Awaitable[int]], partitions: list[int]) -> None:
-        while going_on() and await recompute(partitions) > 0:
-            pass
-
-    if worker is None or len(owned) < 2:
-        await until_done(here, owned)
-    else:
-        await asyncio.gather(until_done(here, owned[::2]), until_done(there, owned[1::2]))
-
-
-async def _recompute(referral: Referral, worker: Executor | None, consumer: TrackedConsumer, tick_s: float,
-                     wake: asyncio.Event, stopping: asyncio.Event, quiet: asyncio.Event) -> None:
-    """Recompute persons with new facts as soon as they are stored, and persons whose
-    deadline passed within `tick_s` without any event arriving (§4). Each instance
-    looks after the persons of the partitions it owns. While the consumer catches up
-    (at start, after a rebalance) nobody is recomputed: each person touched then is
-    computed once at the end rather than once per batch of their facts. `quiet` is clear
-    while persons are being computed."""
-    while not stopping.is_set():
-        wake.clear()
-        if not consumer.caught_up():
+    async def _recompute(self) -> None:
+        """While the consumer catches up (at start, after a rebalance) nobody is recomputed: each person
+        touched then is computed once at the end rather than once per batch of their facts."""
+        consumer = self.consumer
+        while not self.stopping.is_set():
+            self.wake.clear()
+            if not consumer.caught_up():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(consumer.wait_caught_up(), self.tick_s)
+                continue
+            try:
+                owned = consumer.owned_partitions()
+                if owned:
+                    self.quiet.clear()
+                    while (consumer.caught_up() and not self.stopping.is_set()
+                           and await anyio.to_thread.run_sync(self.referral.recompute_due, owned) > 0):
+                        pass  # chunk after chunk until none is due
+            except Exception:
+                log.exception("recomputing persons failed; retrying")
+            finally:
+                self.quiet.set()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(consumer.wait_caught_up(), tick_s)
-            continue
-        try:
-            owned = consumer.owned_partitions()
-            if owned is not None:
-                quiet.clear()
-                await _recompute_due(referral, worker, owned,
-                                     lambda: consumer.caught_up() and not stopping.is_set())
-        except Exception:
-            log.exception("recomputing persons failed; retrying")
-        finally:
-            quiet.set()
-        try:
-            await asyncio.wait_for(wake.wait(), tick_s)
-        except TimeoutError:
-            pass
+                await asyncio.wait_for(self.wake.wait(), self.tick_s)
 
 
-async def _consume(consumer: TrackedConsumer, app: FastAPI) -> None:
+# The helper process's member and the thread its event loop runs in (set by `_start_helper_member`).
+_helper: tuple[Member, asyncio.AbstractEventLoop, threading.Thread] | None = None
+
+
+def _start_helper_member(store_url: str, rules_file: Path | None, bootstrap: str, group: str,
+                         tick_s: float) -> None:
+    global _helper
+    referral = Referral(Database.from_url(store_url), load_rules(rules_file), encode_derived)
+    member = Member(referral, bootstrap, group, tick_s)
+    loop = asyncio.new_event_loop()
+    # Its own thread, so that the helper still answers `_helper_status` while the member runs.
+    thread = threading.Thread(target=loop.run_until_complete, args=(member.run(),), name="referral member",
+                              daemon=True)
+    thread.start()
+    _helper = member, loop, thread
+
+
+def _helper_status() -> MemberStatus:
+    assert _helper is not None
+    return _helper[0].status()
+
+
+def _stop_helper_member() -> None:
+    assert _helper is not None
+    member, loop, thread = _helper
+    loop.call_soon_threadsafe(member.stop)
+    thread.join(30)  # it commits the batch in hand and leaves the group
+
+
+async def _in_helper(helper: Executor, function: Callable[[], T]) -> T | None:
+    """`function()` run in the helper; None if the helper is gone (its partitions then pass to other
+    members of the group)."""
     try:
-        await consumer.run()
-    except Exception as exc:
-        # Readiness reports it; the projection stays as last committed.
-        log.exception("the referral consumer stopped")
-        app.state.consumer_error = f"the consumer stopped: {exc!r}"
+        return await asyncio.get_running_loop().run_in_executor(helper, function)
+    except BrokenProcessPool:
+        return None
 
 
 def create_app(settings: ReferralSettings) -> FastAPI:
@@ -120,34 +152,32 @@ def create_app(settings: ReferralSettings) -> FastAPI:
         (settings.data_dir / "stores").mkdir(parents=True, exist_ok=True)
         db = Database.from_url(settings.store_url("referral"))
         db.ensure_schema(SCHEMA)
-        wake, stopping, quiet = asyncio.Event(), asyncio.Event(), asyncio.Event()
-        quiet.set()
         referral = Referral(db, rules, encode_derived)
-        # Validating and storing events costs the most per event, computing a person the most per person:
-        # a second process validates and stores while this one reads Kafka, and computes half of the persons.
-        worker = helper_process(_start_worker, (settings.store_url("referral"), settings.rules_file))
-        consumer = agency_consumer(referral, db, settings.bootstrap, settings.referral_group, apply_in=worker,
-                                   after_commit=wake.set)
+        helper = helper_process(_start_helper_member, (settings.store_url("referral"), settings.rules_file,
+                                                       settings.bootstrap, settings.referral_group,
+                                                       settings.referral_tick_s))
+        member = Member(referral, settings.bootstrap, settings.referral_group, settings.referral_tick_s)
         # Instances of a group publish side by side: each needs a hash chain of its own (also two
         # instances in one process, as the scale-out test runs them).
         producer = EventProducer(settings.bootstrap, client_id="kim-referral",
                                  chain=f"kim-referral-{socket.gethostname()}-{os.getpid()}-{next(_instances)}")
+        stopping = asyncio.Event()
         app.state.referral = referral
         app.state.token_verifier = verifier
-        app.state.consumer = consumer
-        tasks = [asyncio.create_task(_consume(consumer, app), name="referral-consumer"),
-                 asyncio.create_task(_recompute(referral, worker, consumer, settings.referral_tick_s, wake, stopping,
-                                                quiet)),
-                 asyncio.create_task(publish_derived(db, producer, stopping, quiet))]
+        app.state.members = member, helper
+        tasks = [asyncio.create_task(member.run(), name="referral-member"),
+                 asyncio.create_task(publish_derived(db, producer, stopping, member.quiet))]
         try:
             yield
         finally:
             stopping.set()
-            consumer.stop()
+            member.stop()
+            if helper is not None:
+                await _in_helper(helper, _stop_helper_member)
             await asyncio.gather(*tasks, return_exceptions=True)
             await producer.stop()
-            if worker is not None:
-                worker.shutdown(cancel_futures=True)
+            if helper is not None:
+                helper.shutdown(cancel_futures=True)
             db.close()
 
     app = FastAPI(title="KIM referral", version="1", lifespan=lifespan,
@@ -156,13 +186,21 @@ def create_app(settings: ReferralSettings) -> FastAPI:
     app.include_router(router)
 
     async def caught_up() -> str | None:
-        consumer = getattr(app.state, "consumer", None)
-        if getattr(app.state, "consumer_error", None):
-            return app.state.consumer_error
-        if consumer is None or not consumer.caught_up():
-            return "still consuming the agency topics"
-        if not await anyio.to_thread.run_sync(app.state.referral.settled, consumer.owned_partitions() or []):
-            return "still computing responsibility"
+        if not hasattr(app.state, "members"):
+            return "starting"
+        member, helper = app.state.members
+        statuses = [member.status()]
+        if helper is not None:
+            statuses.append(await _in_helper(helper, _helper_status))
+        for status in statuses:
+            if status is None:
+                continue  # the helper is gone
+            if status.error:
+                return status.error
+            if not status.caught_up:
+                return "still consuming the agency topics"
+            if not await anyio.to_thread.run_sync(app.state.referral.settled, status.owned or []):
+                return "still computing responsibility"
         return None
 
     add_health_routes(app, "referral", [kafka_reachable(settings.bootstrap), caught_up])

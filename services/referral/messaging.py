@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from concurrent.futures import Executor
 from datetime import datetime
 
 import anyio
@@ -14,7 +13,7 @@ import anyio
 import orjson
 
 from contracts import decode
-from kim.messaging import EventProducer, KafkaRecord, TrackedConsumer, event_headers, serve_batches
+from kim.messaging import EventProducer, KafkaRecord, TrackedConsumer, event_headers
 from kim.storage import Database
 from kim.topics import AGENCY_TOPICS, service_topic
 from services.referral.application import Referral
@@ -45,20 +44,13 @@ def decode_fact(value: bytes) -> FactRow:
     return fact_row(decode(value))
 
 
-def serve_agency_batches(referral: Referral) -> None:
-    """In the helper process: apply the batches that `agency_consumer(apply_in=helper)` sends there."""
-    serve_batches("referral", referral.db, referral.apply, decode=decode_fact, event_key=None)
-
-
 def agency_consumer(referral: Referral, db: Database, bootstrap: str, group: str,
-                    apply_in: Executor | None = None,
                     after_commit: Callable[[], None] | None = None) -> TrackedConsumer:
     # Only the types that change responsibility are decoded; the other services validate the rest.
     # No separate seen-set: the facts table is keyed by (source, id), so a repeat changes nothing.
     # Large polls during a catch-up: fewer transactions, each touching a page of the facts once.
     return TrackedConsumer("referral", list(AGENCY_TOPICS), db, referral.apply, bootstrap_servers=bootstrap,
-                           decode=decode_fact, event_key=None, group_id=group, apply_in=apply_in,
-                           after_commit=after_commit,
+                           decode=decode_fact, event_key=None, group_id=group, after_commit=after_commit,
                            event_types=[f"de.kim.{name}.v1" for name in RELEVANT_EVENTS], max_records=20000)
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 
 import pytest
@@ -20,8 +18,6 @@ from kim.messaging import (
     encode_event,
 )
 from kim.storage import Database, eventsourcing_env
-from kim.helper import helper_process
-from tests.integration._procs import helper_applier
 from tests.integration._procs.ledger import Entry, Ledger, to_envelope
 from tests.integration._procs.support import (
     async_wait_until,
@@ -166,54 +162,6 @@ def test_invalid_records_are_dead_lettered_and_consumption_goes_on(kafka_bootstr
             "SELECT next_offset FROM kim_consumer_positions WHERE topic = ?", [topic]
         ).fetchone()
     assert next_offset == 5
-
-
-def test_helper_applies_batches_dead_letters_invalid_ones_and_its_death_loses_nothing(
-    kafka_bootstrap, tmp_path, request
-):
-    topic, deadletter = unique_topic("kim.test.helper"), unique_topic("kim.test.deadletter")
-    url = f"sqlite:///{tmp_path}/kim.db"
-    database = Database.from_url(url)
-    database.ensure_schema([helper_applier.PROJECTION])
-    helper = helper_process(helper_applier.serve, (url, "projection"))
-    if helper is None:
-        pytest.skip("a helper process needs a second CPU")
-    request.addfinalizer(lambda: helper.shutdown(cancel_futures=True))
-    helper_pid = helper.submit(os.getpid).result()
-    commits = []
-
-    async def scenario() -> TrackedConsumer:
-        create_topics(kafka_bootstrap, [topic, deadletter], partitions=1)
-        async with EventProducer(kafka_bootstrap) as producer:
-            await producer.send_records(topic, [
-                encode_event(envelope("h1")),
-                KafkaRecord(b"p1", b"not json at all", []),
-                encode_event(envelope("h2")),
-            ])
-            consumer = TrackedConsumer("projection", [topic], database, helper_applier.record_process,
-                                       bootstrap_servers=kafka_bootstrap, deadletter_topic=deadletter,
-                                       apply_in=helper, after_commit=lambda: commits.append(True))
-            task = asyncio.create_task(consumer.run())
-            try:
-                await async_wait_until(lambda: consumer.applied == 2, 30)
-                os.kill(helper_pid, signal.SIGKILL)
-                await producer.send_batch(topic, [envelope("h3"), envelope("h1")])
-                await async_wait_until(lambda: consumer.applied + consumer.duplicates == 4, 30)
-            finally:
-                consumer.stop()
-                await task
-        return consumer
-
-    consumer = asyncio.run(scenario())
-    dead = asyncio.run(read_topic(kafka_bootstrap, deadletter))
-    assert [r.value for r in dead] == [b"not json at all"]
-    assert (consumer.applied, consumer.duplicates, consumer.dead_lettered) == (3, 1, 1)
-    assert consumer.apply_in is None  # from the helper's death on, batches are applied here
-    assert helper_applier.applied_in(database) == {"h1": helper_pid, "h2": helper_pid, "h3": os.getpid()}
-    assert commits
-    with database.transaction(readonly=True) as tx:
-        assert tx.execute("SELECT next_offset FROM kim_consumer_positions").fetchall() == [(5,)]
-    database.close()
 
 
 def test_duplicate_event_id_at_another_offset_is_dropped(kafka_bootstrap, database):

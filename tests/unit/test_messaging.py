@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from types import SimpleNamespace
 
 import orjson
@@ -90,6 +93,47 @@ def test_sqlite_transaction_commits_or_rolls_back(tmp_path):
             tx.upsert("t", ["k"], [{"k": "b", "v": 20}])
         with db.transaction(readonly=True) as tx:
             assert tx.execute("SELECT k, v FROM t ORDER BY k").fetchall() == [("a", 1), ("b", 20)]
+    finally:
+        db.close()
+
+
+def test_sqlite_writers_queue_one_behind_the_other_but_readers_and_failed_writers_hold_nothing(tmp_path):
+    db = Database.from_url(f"sqlite:///{tmp_path}/kim.db")
+    db.ensure_schema(["CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY)"])
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with db.transaction() as tx:
+            tx.execute("INSERT INTO t VALUES ('a')")
+            holding.set()
+            release.wait(10)
+
+    def write(key: str) -> None:
+        with db.transaction() as tx:
+            tx.execute("INSERT INTO t VALUES (?)", [key])
+
+    def fail() -> None:
+        with db.transaction() as tx:
+            tx.execute("INSERT INTO t VALUES ('x')")
+            raise RuntimeError("abort")
+
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            held = pool.submit(hold)
+            assert holding.wait(10)
+            with db.transaction(readonly=True) as tx:  # a reader does not wait for the writer
+                assert tx.execute("SELECT COUNT(*) FROM t").fetchone() == (0,)
+            queued = pool.submit(write, "b")
+            with pytest.raises(FutureTimeout):  # a second writer waits for the first
+                queued.result(timeout=0.3)
+            release.set()
+            held.result(10)
+            queued.result(10)
+            with pytest.raises(RuntimeError):
+                pool.submit(fail).result(10)
+            pool.submit(write, "c").result(10)  # the failed writer let go of the lock
+        with db.transaction(readonly=True) as tx:
+            assert tx.execute("SELECT k FROM t ORDER BY k").fetchall() == [("a",), ("b",), ("c",)]
     finally:
         db.close()
 
