@@ -63,14 +63,19 @@ def rfc3339(instant: datetime) -> str:
     """Format an aware datetime as RFC 3339 in UTC with `Z`, as the interface answers times."""
     if instant.tzinfo is None:
         raise ValueError("naive datetime: an instant needs a UTC offset")
-    text = instant.astimezone(timezone.utc).isoformat()
-    return text.removesuffix("+00:00") + "Z"
+    if instant.tzinfo is not timezone.utc:
+        instant = instant.astimezone(timezone.utc)
+    return instant.isoformat().removesuffix("+00:00") + "Z"
 
 
 def parse_rfc3339(text: str) -> datetime:
     """Parse an RFC 3339 string (already known to match the pattern) into an aware UTC datetime."""
-    # fromisoformat rejects the lowercase separators RFC 3339 allows.
-    return datetime.fromisoformat(text.upper()).astimezone(timezone.utc)
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:  # fromisoformat rejects the lowercase `z` RFC 3339 allows
+        parsed = datetime.fromisoformat(text.upper())
+    # Most instants come with `Z`, parsed as UTC already: computing persons parses hundreds of thousands.
+    return parsed if parsed.tzinfo is timezone.utc else parsed.astimezone(timezone.utc)
 
 
 def _check_timestamp(value: str) -> str:

@@ -99,7 +99,8 @@ class Referral:
             envelopes = [(d, self._encode(d, now)) for d in derived]
             with self._db.transaction() as tx:
                 kept = ReferralStore.unchanged(tx, due)
-                ReferralStore.replace_persons(tx, {s: state for s, state in states.items() if s in kept}, now)
+                ReferralStore.replace_persons(tx, {s: state for s, state in states.items() if s in kept}, now,
+                                              [s for s, computed_before in kept.items() if computed_before])
                 ReferralStore.add_to_outbox(tx, [(d, envelope) for d, envelope in envelopes if d.subject in kept])
             return len(due)
 

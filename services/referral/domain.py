@@ -107,6 +107,8 @@ class Fact:
     def __post_init__(self) -> None:
         for name in ("time", "recorded_time"):
             value: datetime = getattr(self, name)
+            if value.tzinfo is timezone.utc:
+                continue  # as the store parses them
             if value.tzinfo is None:
                 raise ValueError(f"Fact.{name} must be timezone-aware")
             object.__setattr__(self, name, value.astimezone(timezone.utc))

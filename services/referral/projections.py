@@ -27,11 +27,12 @@ RELEVANT_EVENTS = frozenset({
 
 SCHEMA = (
     # Keyed by subject first: one index serves both the dedup and the per-person reads
-    # ((source, id) never names two persons: the gateway dedups on it for ever).
+    # ((source, id) never names two persons: the gateway dedups on it for ever). Rows kept in key
+    # order: a person's facts are read together, and a batch of facts writes one tree, not two.
     """CREATE TABLE IF NOT EXISTS referral_facts (
         subject TEXT NOT NULL, source TEXT NOT NULL, id TEXT NOT NULL, event_name TEXT NOT NULL,
         agency TEXT NOT NULL, time TEXT NOT NULL, recorded_time TEXT NOT NULL, data TEXT NOT NULL,
-        PRIMARY KEY (subject, source, id))""",
+        PRIMARY KEY (subject, source, id)) WITHOUT ROWID""",
     # `stale`: a version that every batch of new facts raises in magnitude, positive while the person waits
     # for a computation and negated by it (0: never had a version), so that a computation is stored only
     # if the version it read is still there; `next_deadline`: when time alone changes the state.
@@ -174,22 +175,27 @@ class ReferralStore:
         return found
 
     @staticmethod
-    def unchanged(tx: Transaction, due: dict[str, int]) -> set[str]:
-        """The persons of `due` (subject → `stale` when read) that got no facts since.
+    def unchanged(tx: Transaction, due: dict[str, int]) -> dict[str, bool]:
+        """The persons of `due` (subject → `stale` when read) that got no facts since, each with whether
+        an earlier computation stored rows of theirs.
 
         On PostgreSQL their rows stay locked until the caller's transaction ends, so that no batch of
         facts can raise a version between this check and the write (SQLite's write transactions
         exclude each other anyway). Locked in subject order, as `mark_stale` does, so no deadlock."""
         lock = " ORDER BY subject FOR UPDATE" if tx.dialect == "postgresql" else ""
-        found: set[str] = set()
+        found: dict[str, bool] = {}
         for chunk in _chunks(sorted(due)):
-            tx.execute(f"SELECT subject, stale FROM referral_persons WHERE subject IN ({_marks(chunk)}){lock}", chunk)
-            found.update(subject for subject, stale in tx.fetchall() if stale == due[subject])
+            tx.execute(f"SELECT subject, stale, computed_at IS NOT NULL FROM referral_persons "
+                       f"WHERE subject IN ({_marks(chunk)}){lock}", chunk)
+            found.update((subject, bool(computed)) for subject, stale, computed in tx.fetchall()
+                         if stale == due[subject])
         return found
 
     @staticmethod
-    def replace_persons(tx: Transaction, states: dict[str, PersonState], now: datetime) -> None:
-        subjects = list(states)
+    def replace_persons(tx: Transaction, states: dict[str, PersonState], now: datetime,
+                        computed_before: Sequence[str]) -> None:
+        """`computed_before`: those of them that have rows (after a catch-up, most have none)."""
+        subjects = list(computed_before)
         for table in ("referral_involvement", "referral_gaps", "referral_handovers", "referral_reviews"):
             for chunk in _chunks(subjects):
                 tx.execute(f"DELETE FROM {table} WHERE subject IN ({_marks(chunk)})", chunk)

@@ -63,6 +63,16 @@ def test_facts_arriving_during_a_computation_leave_the_person_due(referral, monk
     assert referral.recompute_due([0]) == 0
 
 
+def test_a_recomputation_replaces_the_rows_of_the_earlier_one(referral):
+    consume(referral, row(1, "CaseOpenedByAgency", "2026-02-01T08:00:00Z", area="labour_market", legal_domain="NONE"),
+            row(2, "CaseClosedByAgency", "2026-03-01T08:00:00Z", area="labour_market", reason="not_competent"))
+    assert referral.recompute_due([0]) == 1
+    assert [(g["since"], g["until"]) for g in gaps(referral)] == [("2026-03-01T08:00:00Z", None)]
+    consume(referral, row(3, "CaseOpenedByAgency", "2026-04-01T08:00:00Z", area="labour_market", legal_domain="NONE"))
+    assert referral.recompute_due([0]) == 1
+    assert [(g["since"], g["until"]) for g in gaps(referral)] == [("2026-03-01T08:00:00Z", "2026-04-01T08:00:00Z")]
+
+
 def test_the_decoding_process_gets_rows_of_valid_events_only():
     valid = (b'{"specversion":"1.0","id":"e1","source":"urn:kim:job_center:x","type":"de.kim.CaseOpenedByAgency.v1",'
              b'"subject":"P-1","time":"2026-02-01T08:00:00+01:00","recordedtime":"2026-02-01T08:00:00+01:00",'
