@@ -163,13 +163,10 @@ class Database(ABC):
 
         PostgreSQL raises on concurrent ``CREATE TABLE IF NOT EXISTS`` of the
         same table, so processes starting together take a shared lock first.
-        A table may end in SQLite's ``WITHOUT ROWID`` (rows kept in primary key
-        order); PostgreSQL, whose tables are heaps anyway, gets it without.
         """
         with self.transaction() as tx:
             if self.dialect == "postgresql":
                 tx.execute("SELECT pg_advisory_xact_lock(7283510)")
-                statements = [s.removesuffix(" WITHOUT ROWID") for s in statements]
             for statement in statements:
                 tx.execute(statement)
 

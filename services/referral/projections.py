@@ -27,12 +27,13 @@ RELEVANT_EVENTS = frozenset({
 
 SCHEMA = (
     # Keyed by subject first: one index serves both the dedup and the per-person reads
-    # ((source, id) never names two persons: the gateway dedups on it for ever). Rows kept in key
-    # order: a person's facts are read together, and a batch of facts writes one tree, not two.
+    # ((source, id) never names two persons: the gateway dedups on it for ever). Not WITHOUT ROWID:
+    # rows kept in key order would be read back faster, but each batch of facts, spread over all
+    # persons, would dirty far more pages (measured: 35 % more CPU to store and checkpoint them).
     """CREATE TABLE IF NOT EXISTS referral_facts (
         subject TEXT NOT NULL, source TEXT NOT NULL, id TEXT NOT NULL, event_name TEXT NOT NULL,
         agency TEXT NOT NULL, time TEXT NOT NULL, recorded_time TEXT NOT NULL, data TEXT NOT NULL,
-        PRIMARY KEY (subject, source, id)) WITHOUT ROWID""",
+        PRIMARY KEY (subject, source, id))""",
     # `stale`: a version that every batch of new facts raises in magnitude, positive while the person waits
     # for a computation and negated by it (0: never had a version), so that a computation is stored only
     # if the version it read is still there; `next_deadline`: when time alone changes the state.
