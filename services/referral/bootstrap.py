@@ -43,6 +43,7 @@ T = TypeVar("T")
 class MemberStatus:
     error: str | None  # why the member stopped consuming, if it did
     caught_up: bool
+    computing: bool
     owned: list[int] | None  # partition numbers; None before an assignment
 
 
@@ -63,7 +64,8 @@ class Member:
         self.consumer = agency_consumer(referral, referral.db, bootstrap, group, after_commit=self.wake.set)
 
     def status(self) -> MemberStatus:
-        return MemberStatus(self.error, self.consumer.caught_up(), self.consumer.owned_partitions())
+        return MemberStatus(self.error, self.consumer.caught_up(), not self.quiet.is_set(),
+                            self.consumer.owned_partitions())
 
     def stop(self) -> None:
         self.stopping.set()
@@ -162,11 +164,19 @@ def create_app(settings: ReferralSettings) -> FastAPI:
         producer = EventProducer(settings.bootstrap, client_id="kim-referral",
                                  chain=f"kim-referral-{socket.gethostname()}-{os.getpid()}-{next(_instances)}")
         stopping = asyncio.Event()
+
+        async def quiet() -> bool:
+            """Neither member computing persons."""
+            if not member.quiet.is_set():
+                return False
+            status = await _in_helper(helper, _helper_status) if helper is not None else None
+            return status is None or not status.computing
+
         app.state.referral = referral
         app.state.token_verifier = verifier
         app.state.members = member, helper
         tasks = [asyncio.create_task(member.run(), name="referral-member"),
-                 asyncio.create_task(publish_derived(db, producer, stopping, member.quiet))]
+                 asyncio.create_task(publish_derived(db, producer, stopping, quiet))]
         try:
             yield
         finally:

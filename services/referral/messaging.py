@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 import anyio
@@ -54,11 +54,11 @@ def agency_consumer(referral: Referral, db: Database, bootstrap: str, group: str
                            event_types=[f"de.kim.{name}.v1" for name in RELEVANT_EVENTS], max_records=20000)
 
 
-async def publish_derived(db: Database, producer: EventProducer, stopping: asyncio.Event, quiet: asyncio.Event,
-                          interval_s: float = 0.1) -> None:
-    """Drain the outbox onto kim.referral.events, at least once (ids are stable), while `quiet` is set:
-    a recomputation under way (thousands of persons after a catch-up) goes first, since readiness
-    waits for it and its writes would otherwise queue behind ours."""
+async def publish_derived(db: Database, producer: EventProducer, stopping: asyncio.Event,
+                          quiet: Callable[[], Awaitable[bool]], interval_s: float = 0.1) -> None:
+    """Drain the outbox onto kim.referral.events, at least once (ids are stable), while `quiet()` says
+    no persons are being computed: a recomputation under way (thousands of persons after a catch-up)
+    goes first, since readiness waits for it and its writes would otherwise queue behind ours."""
     def fetch() -> list[tuple[str, bytes]]:
         with db.transaction(readonly=True) as tx:
             return ReferralStore.unpublished(tx)
@@ -68,11 +68,10 @@ async def publish_derived(db: Database, producer: EventProducer, stopping: async
             ReferralStore.mark_published(tx, ids)
 
     while not stopping.is_set():
-        if not quiet.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(quiet.wait(), interval_s)
-            continue
         try:
+            if not await quiet():
+                await _pause(stopping, interval_s)
+                continue
             pending = await anyio.to_thread.run_sync(fetch)
             if pending:
                 records = []
@@ -84,7 +83,9 @@ async def publish_derived(db: Database, producer: EventProducer, stopping: async
                 continue
         except Exception:  # Kafka or the database briefly away: try again shortly
             log.exception("publishing derived events failed; retrying")
-        try:
-            await asyncio.wait_for(stopping.wait(), interval_s)
-        except TimeoutError:
-            pass
+        await _pause(stopping, interval_s)
+
+
+async def _pause(stopping: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping.wait(), seconds)
