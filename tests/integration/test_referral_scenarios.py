@@ -20,6 +20,7 @@ from kim.infra.kafka import create_topics
 from kim.topics import ALL_TOPICS
 from services.gateway.bootstrap import create_app as create_gateway
 from services.gateway.settings import GatewaySettings
+from services.referral.bootstrap import _helper_status
 from services.referral.bootstrap import create_app as create_referral
 from services.referral.settings import ReferralSettings
 from tests.conftest import wait_until
@@ -87,6 +88,21 @@ def handovers_of(stack, subject: str, status: str | None = None, headers=AUDITOR
     response = referral.get("/v1/handovers", params={"status": status} if status else {}, headers=headers)
     assert response.status_code == 200, response.text
     return [h for h in response.json() if h["subject"] == subject]
+
+
+def test_the_helper_process_is_a_group_member_owning_partition_numbers_of_its_own(stack):
+    _, referral = stack
+    member, helper = referral.app.state.members
+    if helper is None:
+        pytest.skip("a helper process needs a second CPU")
+
+    def owned() -> tuple[list[int], list[int]] | None:
+        mine, theirs = member.status().owned, helper.submit(_helper_status).result(10).owned
+        return (mine, theirs) if mine and theirs else None
+
+    mine, theirs = wait_until(owned, timeout=30, message="both members own partitions")
+    assert not set(mine) & set(theirs)
+    assert sorted(mine + theirs) == list(range(6))
 
 
 def test_r1_accepted_in_time_leaves_no_gap(stack):
