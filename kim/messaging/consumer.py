@@ -89,15 +89,6 @@ class _Batch(Generic[T]):
 _Advanced = dict[TopicPartition, tuple[int | None, int]]
 
 
-@dataclass(frozen=True)
-class _Applied:
-    """What committing a batch did."""
-
-    valid: int  # events that passed decoding
-    applied: int  # of those, not seen before: handed to the handler
-    invalid: int = 0  # dead-lettered
-
-
 def decode_values(decode: Callable[[bytes], T], values: Sequence[bytes]) -> list[tuple[T | None, str | None]]:
     """``(event, None)``, or ``(None, why)`` where ``decode`` raised, per value."""
     results: list[tuple[T | None, str | None]] = []
@@ -342,7 +333,7 @@ class TrackedConsumer(Generic[T]):
         # from Kafka (ahead of _stored by the batch in flight).
         self._stored: dict[TopicPartition, int | None] = {}
         self._next: dict[TopicPartition, int] = {}
-        self._in_flight: tuple[_Batch[T], asyncio.Task[_Applied]] | None = None
+        self._in_flight: tuple[_Batch[T], asyncio.Task[int]] | None = None
         self._targets: dict[TopicPartition, int] = {}
         self._reached: set[TopicPartition] = set()
         self._assigned = False
@@ -530,20 +521,16 @@ class TrackedConsumer(Generic[T]):
         # fetched without giving the event loop a turn, and the commit would wait until it had built them.
         await asyncio.sleep(0)
 
-    async def _decode_and_commit(self, batch: _Batch[T], advanced: _Advanced) -> _Applied:
-        applied = await self._applied(batch, advanced)
-        if applied.applied and self.after_commit is not None:
-            self.after_commit()
-        return applied
-
-    async def _applied(self, batch: _Batch[T], advanced: _Advanced) -> _Applied:
+    async def _decode_and_commit(self, batch: _Batch[T], advanced: _Advanced) -> int:
         assert batch.decoding is not None
         await batch.decoding
         if batch.invalid:
             # Before the positions move past them, so none is ever lost.
             await self._dead_letter(batch.invalid)
         applied = await asyncio.to_thread(self._applier.commit, batch.valid, advanced)
-        return _Applied(len(batch.valid), applied, len(batch.invalid))
+        if applied and self.after_commit is not None:
+            self.after_commit()
+        return applied
 
     async def _decode(self, batch: _Batch[T]) -> None:
         valid, invalid = self._applier.decoded(batch.pending)
@@ -557,14 +544,14 @@ class TrackedConsumer(Generic[T]):
         batch, task = self._in_flight
         self._in_flight = None
         try:
-            result = await task
+            applied = await task
         except PositionConflict:
             log.warning("%s: positions moved by another process; reloading", self.name)
             await self._reload_positions()
             return False
-        self.applied += result.applied
-        self.duplicates += result.valid - result.applied
-        self.dead_lettered += result.invalid
+        self.applied += applied
+        self.duplicates += len(batch.valid) - applied
+        self.dead_lettered += len(batch.invalid)
         for tp, offset in batch.advanced.items():
             if tp in self._stored:
                 self._stored[tp] = offset
