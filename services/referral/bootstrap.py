@@ -61,7 +61,7 @@ class Member:
         self.wake = asyncio.Event()
         self.quiet = asyncio.Event()  # clear while persons are being computed
         self.quiet.set()
-        self.consumer = agency_consumer(referral, referral.db, bootstrap, group, after_commit=self.wake.set)
+        self.consumer = agency_consumer(referral, bootstrap, group, after_commit=self.wake.set)
 
     def status(self) -> MemberStatus:
         return MemberStatus(self.error, self.consumer.caught_up(), not self.quiet.is_set(),

@@ -44,12 +44,12 @@ def decode_fact(value: bytes) -> FactRow:
     return fact_row(decode(value))
 
 
-def agency_consumer(referral: Referral, db: Database, bootstrap: str, group: str,
+def agency_consumer(referral: Referral, bootstrap: str, group: str,
                     after_commit: Callable[[], None] | None = None) -> TrackedConsumer:
     # Only the types that change responsibility are decoded; the other services validate the rest.
     # No separate seen-set: the facts table is keyed by (source, id), so a repeat changes nothing.
     # Large polls during a catch-up: fewer transactions, each touching a page of the facts once.
-    return TrackedConsumer("referral", list(AGENCY_TOPICS), db, referral.apply, bootstrap_servers=bootstrap,
+    return TrackedConsumer("referral", list(AGENCY_TOPICS), referral.db, referral.apply, bootstrap_servers=bootstrap,
                            decode=decode_fact, event_key=None, group_id=group, after_commit=after_commit,
                            event_types=[f"de.kim.{name}.v1" for name in RELEVANT_EVENTS], max_records=20000)
 
