@@ -8,7 +8,8 @@ from datetime import datetime, timezone
 from kim.storage import Database, Dialect
 from services.gateway.domain import Publishable
 
-_COLUMNS = "source TEXT NOT NULL, id TEXT NOT NULL, type TEXT NOT NULL, subject TEXT NOT NULL, accepted_at TEXT NOT NULL"
+_COLUMNS = ("source TEXT NOT NULL, id TEXT NOT NULL, type TEXT NOT NULL, subject TEXT NOT NULL, "
+            "accepted_at TEXT NOT NULL")
 
 
 def schema(dialect: Dialect) -> tuple[str, ...]:
@@ -21,6 +22,7 @@ def schema(dialect: Dialect) -> tuple[str, ...]:
     return (f"CREATE TABLE IF NOT EXISTS gateway_accepted_events (seq INTEGER PRIMARY KEY, {_COLUMNS})",)
 
 
+_INSERTED = "gateway_accepted_events (source, id, type, subject, accepted_at)"
 # Stays below SQLite's limit of host parameters per statement.
 _CHUNK = 400
 # Rows per INSERT: one statement for many rows, as the worker thread running it
@@ -91,15 +93,13 @@ class SqlAcceptedEvents:
         with self._db.transaction() as tx:
             for start in range(0, len(events), _ROWS):
                 chunk = events[start:start + _ROWS]
-                values = f"VALUES {', '.join('(?, ?, ?, ?, ?)' for _ in chunk)}"
+                values = ", ".join("(?, ?, ?, ?, ?)" for _ in chunk)
                 params = [value for e in chunk for value in (*e.key, e.event.type, e.event.subject, now)]
-                insert = "INSERT INTO gateway_accepted_events (source, id, type, subject, accepted_at) "
                 if self._rows is None:
-                    tx.execute(insert + values + " ON CONFLICT (source, id) DO NOTHING", params)
+                    tx.execute(f"INSERT INTO {_INSERTED} VALUES {values} ON CONFLICT (source, id) DO NOTHING", params)
                 else:
                     # OR IGNORE: a store made before the log had the key, which a repeat would break.
-                    tx.execute(insert.replace("INSERT", "INSERT OR IGNORE", 1) + values + " RETURNING rowid, source, id",
-                               params)
+                    tx.execute(f"INSERT OR IGNORE INTO {_INSERTED} VALUES {values} RETURNING rowid, source, id", params)
                     recorded += tx.fetchall()
         if self._rows is not None:  # once committed: a key is remembered only when it is durable
             for rowid, source, event_id in recorded:
