@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -17,12 +18,17 @@ def has_second_cpu() -> bool:
 
 
 def helper_process(initializer: Callable[..., None] | None = None,
-                   initargs: tuple[Any, ...] = ()) -> ProcessPoolExecutor | None:
+                   initargs: tuple[Any, ...] = (), *, fork: bool = False) -> ProcessPoolExecutor | None:
     """One worker process, started now; None on a machine with a single CPU, where it would only add
-    the cost of handing work over. The caller shuts it down; it also exits when the service dies."""
+    the cost of handing work over. The caller shuts it down; it also exits when the service dies.
+
+    `fork`: a copy of this process, working at once, where a spawned one first imports the service
+    again (~0.8 s while the service itself starts). Only while this process has no other thread: a
+    lock held by another thread at the fork would stay held in the copy for ever."""
     if not has_second_cpu():
         return None
-    helper = ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_start,
+    method = "fork" if fork and threading.active_count() == 1 else "spawn"
+    helper = ProcessPoolExecutor(1, mp_context=get_context(method), initializer=_start,
                                  initargs=(os.getpid(), gc.get_threshold(), initializer, initargs))
     helper.submit(int)  # starts it while the service starts
     return helper
@@ -30,6 +36,9 @@ def helper_process(initializer: Callable[..., None] | None = None,
 
 def _start(parent: int, gc_threshold: tuple[int, ...], initializer: Callable[..., None] | None,
            initargs: tuple[Any, ...]) -> None:
+    # A forked copy inherits the service's signal handlers (uvicorn's would only stop the copy's server).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     exit_with(parent)
     if initializer is not None:
         initializer(*initargs)

@@ -199,7 +199,9 @@ class SQLiteDatabase(Database):
         self._lock = threading.Lock()
         self._connection().execute("PRAGMA journal_mode=WAL")
         self._closing = threading.Event()
-        threading.Thread(target=self._checkpoint_continually, name=f"checkpoints of {path}", daemon=True).start()
+        self._checkpoints = threading.Thread(target=self._checkpoint_continually, name=f"checkpoints of {path}",
+                                             daemon=True)
+        self._checkpoints.start()
 
     def _checkpoint_continually(self) -> None:
         """Copies the log into the database file in the background: a checkpoint that a commit runs
@@ -274,6 +276,7 @@ class SQLiteDatabase(Database):
 
     def close(self) -> None:
         self._closing.set()
+        self._checkpoints.join()  # ends at once: no thread of ours is left behind
         with self._lock:
             for conn in self._connections:
                 conn.close()

@@ -154,10 +154,12 @@ def create_app(settings: ReferralSettings) -> FastAPI:
         (settings.data_dir / "stores").mkdir(parents=True, exist_ok=True)
         db = Database.from_url(settings.store_url("referral"))
         db.ensure_schema(SCHEMA)
-        referral = Referral(db, rules, encode_derived)
+        db.close()  # forked with no connection and no thread; the helper's member makes its own
         helper = helper_process(_start_helper_member, (settings.store_url("referral"), settings.rules_file,
                                                        settings.bootstrap, settings.referral_group,
-                                                       settings.referral_tick_s))
+                                                       settings.referral_tick_s), fork=True)
+        db = Database.from_url(settings.store_url("referral"))
+        referral = Referral(db, rules, encode_derived)
         member = Member(referral, settings.bootstrap, settings.referral_group, settings.referral_tick_s)
         # Instances of a group publish side by side: each needs a hash chain of its own (also two
         # instances in one process, as the scale-out test runs them).
