@@ -379,6 +379,9 @@ class TrackedConsumer(Generic[T]):
             # A member learns of a rebalance (one joining, say) at its next heartbeat: soon, so that the
             # newcomer shares the work at once (aiokafka's default: every 3 s).
             heartbeat_interval_ms=200,
+            # While catching up, a poll returns what the fetches brought: at aiokafka's 1 MB per partition,
+            # batches of ~4,000 records instead of max_records, and four times the commits (measured).
+            max_partition_fetch_bytes=4 << 20,
         )
         self._consumer = consumer
         if self.group_id is not None:
