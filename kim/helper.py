@@ -36,7 +36,9 @@ def helper_process(initializer: Callable[..., None] | None = None,
 
 def _start(parent: int, gc_threshold: tuple[int, ...], initializer: Callable[..., None] | None,
            initargs: tuple[Any, ...]) -> None:
-    # A forked copy inherits the service's signal handlers (uvicorn's would only stop the copy's server).
+    # A forked copy inherits the service's signal handlers (uvicorn's would only stop the copy's server)
+    # and its event loop's wake-up descriptor (the signals it gets would wake the service's loop).
+    signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     exit_with(parent)

@@ -12,15 +12,19 @@ pytestmark = pytest.mark.skipif(not has_second_cpu(), reason="a helper needs a s
 
 # Run in a fresh interpreter: pytest's own process may have threads of earlier tests.
 _PROBE = textwrap.dedent("""
-    import os, signal, sys, threading
+    import os, signal, socket, sys, threading
     import kim.helper
 
     def probe():
         # A forked copy shares this module's state of the moment; a spawned one imports it afresh.
-        return getattr(kim.helper, "_probe", None), signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        own_signals = signal.getsignal(signal.SIGTERM) == signal.SIG_DFL and signal.set_wakeup_fd(-1) == -1
+        return getattr(kim.helper, "_probe", None), own_signals
 
     if __name__ == "__main__":
         signal.signal(signal.SIGTERM, lambda *_: None)  # as uvicorn's handler would be
+        wakeup = socket.socketpair()  # as an event loop's
+        wakeup[1].setblocking(False)
+        signal.set_wakeup_fd(wakeup[1].fileno())
         kim.helper._probe = "set before the helper started"
         if sys.argv[1] == "thread":
             threading.Thread(target=threading.Event().wait, daemon=True).start()
