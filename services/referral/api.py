@@ -82,7 +82,8 @@ def handovers(
     referral: ReferralDep,
     scope: ScopeDep,
     status: Annotated[Literal["pending", "accepted", "rejected", "overdue", "satisfied", "cancelled"] | None,
-                      Query(description="satisfied: another agency took the area; cancelled: the case closed")] = None,
+                      Query(description="accepted: the receiver accepted or took the area; satisfied: another "
+                                        "agency took it or the need ended; cancelled: the case closed")] = None,
     subject: Annotated[list[str] | None, Query(max_length=400, description="only these persons' handovers (at most 400)")] = None,
 ) -> list[dict]:
     return referral.handovers(status, scope, subject)

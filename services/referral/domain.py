@@ -27,12 +27,14 @@ Decisions where interfaces.md leaves room (§4 is the authority otherwise):
   expected handover it replaced. Replacing works in both effective-time orders:
   a rule firing while a matching actual offer is open links that offer instead
   of listing a new expectation.
-- Open (pending/overdue) handovers of an area end with status `satisfied` when
-  another agency, or the sender in another legal domain, takes the area (so
-  social_welfare_office opening SGB_XII satisfies R1), or when the holder closes
-  the area for `need_ended`/`moved_away`; with status `cancelled` when the
-  person's case is closed. A later acceptance or rejection still overrides
-  these two statuses. Replaced expected handovers keep status `replaced` and
+- Open (pending/overdue) handovers of an area end with status `accepted` when
+  their receiver takes the area in the offered legal domain (a `CaseOpenedByAgency`
+  instead of a `HandoverAccepted`: the handover took place); with status
+  `satisfied` when another agency, or the sender in another legal domain, takes
+  the area (so social_welfare_office opening SGB_XII satisfies R1), or when the
+  holder closes the area for `need_ended`/`moved_away`; with status `cancelled`
+  when the person's case is closed. A later acceptance or rejection still
+  overrides these last two statuses. Replaced expected handovers keep status `replaced` and
   are kept apart in `PersonState.replaced_handovers`.
 - Only the continuous areas (benefits, case_management, labour_market) get gaps;
   `youth` may end without a successor (§1).
@@ -427,7 +429,9 @@ class _Fold:
         self._hold(area, agency, legal_domain, at)
         self._close_gap(area, at, closed_by=agency)
         for offer in list(self.open_offers.get(area, {}).values()):
-            if agency != offer.from_agency or (
+            if (agency, legal_domain) == (offer.to_agency, offer.to_legal_domain):
+                self._resolve(offer, "accepted", at)
+            elif agency != offer.from_agency or (
                 offer.from_legal_domain is not None and legal_domain != offer.from_legal_domain
             ):
                 self._resolve(offer, "satisfied", at)

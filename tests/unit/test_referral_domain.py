@@ -236,6 +236,25 @@ def test_r1_late_acceptance_of_the_expected_id_closes_the_gap() -> None:
     assert only(closed_event).data["closed_by"] == "job_center"
 
 
+def test_r1_receiver_opening_the_area_accepts_the_expected_handover() -> None:
+    history = r1_unhandled()
+    expected_id = only(compute(history, DEFAULTS, now=LATE).handovers).handover_id
+    # The Jobcenter opens benefits itself instead of accepting the id; a later rejection comes too late.
+    facts = [*history, opened("job_center", "2026-07-20T00:00:00Z", "benefits", "SGB_II"),
+             rejected("job_center", "2026-07-25T00:00:00Z", expected_id)]
+
+    state = compute(facts, DEFAULTS, now=LATE)
+
+    assert state.areas["benefits"] == [
+        iv("social_welfare_office", "ASYLBLG", "2026-05-20T00:00:00Z", "2026-07-20T00:00:00Z"),
+        iv("job_center", "SGB_II", "2026-07-20T00:00:00Z", None),
+    ]
+    assert state.gaps == []
+    handover = only(state.handovers)
+    assert (handover.handover_id, handover.status, handover.resolved_at, handover.overdue_since) == (
+        expected_id, "accepted", t("2026-07-20T00:00:00Z"), None)
+
+
 def test_r1_sgb_xii_successor_satisfies_the_expected_handover() -> None:
     facts = [*r1_unhandled(), opened("social_welfare_office", "2026-07-20T00:00:00Z", "benefits", "SGB_XII")]
 
