@@ -5,7 +5,9 @@ flight, new requests queue up and go out together in the next one. A request's
 events are always in one transaction, so a failure leaves none of them visible
 to the (read-committed) consumers, and many small requests cost one round trip.
 A few publishers (each its own transactional producer) overlap their
-transactions' round trips to the broker.
+transactions' round trips to the broker, and each is handed its next group
+while its transaction runs, so that it starts that group the moment the
+transaction commits.
 
 A group is answered once its events are recorded as accepted; the next groups
 go to Kafka meanwhile, and the groups published during a recording are recorded
@@ -15,17 +17,24 @@ together in the next.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import anyio
 
 from services.gateway.domain import Publishable, split_fresh
 
+T = TypeVar("T")
+
 
 class AcceptedEvents(Protocol):
     """Durable memory of every `(source, id)` the gateway has put on Kafka."""
+
+    in_process: bool
+    """True when `known` and `record` are quick calls that never wait for another process (an
+    embedded database only this process writes): they then run on the event loop, not in a
+    worker thread."""
 
     def may_know(self, keys: Sequence[tuple[str, str]]) -> bool:
         """Cheap, never blocking: False only when none of `keys` was recorded."""
@@ -36,7 +45,8 @@ class AcceptedEvents(Protocol):
 
 
 class Publisher(Protocol):
-    """Publishes events in one Kafka transaction; raises `PublishFailed` if Kafka cannot take them."""
+    """Publishes events in one Kafka transaction; raises `PublishFailed` if Kafka cannot take them.
+    Given more than one group at a time, it puts those that arrive during a transaction into the next."""
 
     async def publish(self, events: Sequence[Publishable]) -> None: ...
 
@@ -64,15 +74,18 @@ def _settle(group: list[_Request], outcomes: list[Outcome] | BaseException) -> N
 
 
 class AcceptEvents:
-    def __init__(self, store: AcceptedEvents, publishers: Sequence[Publisher], max_group_events: int = 5000) -> None:
+    def __init__(self, store: AcceptedEvents, publishers: Sequence[Publisher], max_group_events: int = 5000,
+                 groups_per_publisher: int = 1) -> None:
         self._store = store
         self._max_group_events = max_group_events
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._worker: asyncio.Task | None = None
         # Each publisher runs one Kafka transaction at a time; several publishers overlap their round trips.
+        # A publisher given a second group during a transaction starts it the moment the first commits.
         self._free: asyncio.Queue[Publisher] = asyncio.Queue()
-        for publisher in publishers:
-            self._free.put_nowait(publisher)
+        for _ in range(groups_per_publisher):
+            for publisher in publishers:
+                self._free.put_nowait(publisher)
         # Keys of the groups being published: a repeat waits for their outcome.
         self._publishing: dict[tuple[str, str], asyncio.Task] = {}
         # On Kafka, but perhaps not yet in the store: duplicates all the same.
@@ -128,9 +141,14 @@ class AcceptEvents:
             await asyncio.wait(pending)
         # Taken before the store is asked: a key leaves this set only once it is stored.
         in_flight = self._unrecorded.intersection(keys)
-        seen = await anyio.to_thread.run_sync(self._store.known, keys) if self._store.may_know(keys) else set()
+        seen = await self._in_store(self._store.known, keys) if self._store.may_know(keys) else set()
         fresh, accepted = split_fresh([request.events for request in group], seen | in_flight)
         return fresh, [Outcome(n, len(request.events) - n) for request, n in zip(group, accepted)]
+
+    async def _in_store(self, call: Callable[[list], T], argument: list) -> T:
+        if self._store.in_process:
+            return call(argument)
+        return await anyio.to_thread.run_sync(call, argument)
 
     async def _publish(self, publisher: Publisher, group: list[_Request], fresh: list[Publishable],
                        outcomes: list[Outcome]) -> None:
@@ -163,12 +181,14 @@ class AcceptEvents:
         # a retried event is published twice and consumers drop the repeat by id.
         # One recording at a time, of every group published meanwhile: recordings
         # side by side queued up in worker threads for tens of milliseconds.
+        # In a worker thread, each statement waited for the event loop to let go of the GIL:
+        # 1,000 keys took 7 ms (median, 49 ms at p90) in the thread, 3 ms on the loop.
         while self._to_record:
             recording, self._to_record = self._to_record, []
             fresh = [event for _, events, _ in recording for event in events]
             try:
                 if fresh:
-                    await anyio.to_thread.run_sync(self._store.record, fresh)
+                    await self._in_store(self._store.record, fresh)
             except Exception as exc:
                 for group, _, _ in recording:
                     _settle(group, exc)

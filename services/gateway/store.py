@@ -37,6 +37,9 @@ class SqlAcceptedEvents:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        # SQLite commits without waiting for the disk (WAL, synchronous=NORMAL); a PostgreSQL server is
+        # a round trip away.
+        self.in_process = db.dialect == "sqlite"
         db.ensure_schema(schema(db.dialect))
         # hash of a key -> rowid of the first key recorded with that hash
         self._rows: dict[int, int] | None = None

@@ -221,6 +221,33 @@ def test_a_killed_publishing_process_costs_one_503_and_is_replaced(gateway, kafk
     assert sorted(e["id"] for e in published) == sorted([lost["id"], kept["id"]])
 
 
+@pytest.mark.skipif(not has_second_cpu(), reason="on a single CPU the gateway publishes from its own process")
+def test_groups_handed_to_the_publishing_process_at_once_are_all_published(kafka_bootstrap, topics):
+    """Groups in flight side by side (the process starts the next while Kafka takes one), one of
+    them larger than the pipe holds at once; each call returns once its group is on Kafka."""
+    import asyncio
+
+    from services.gateway.domain import assess
+    from services.gateway.messaging import HelperPublisher
+
+    subject = f"P-{uuid.uuid4().hex[:10]}"
+    sizes = [1, 3000, 2, 40, 1]
+    groups = [assess([example("MeasureAssigned", subject=subject) for _ in range(size)], "integration_center").events
+              for size in sizes]
+
+    async def scenario() -> None:
+        publisher = HelperPublisher(kafka_bootstrap, 10.0, f"kim-gateway-test-{uuid.uuid4().hex[:6]}")
+        try:
+            await asyncio.gather(*(publisher.publish(group) for group in groups))
+        finally:
+            await publisher.stop()
+
+    asyncio.run(scenario())
+    published = committed_events(kafka_bootstrap, "kim.integration_center.events", subject)
+    assert sorted(e["id"] for e in published) == sorted(e.event.id for group in groups for e in group)
+    assert sorted(e["chainseq"] for e in published) == list(range(1, sum(sizes) + 1))  # one chain, no gap
+
+
 def test_openapi_document_has_an_example_of_every_event_type_that_the_gateway_accepts(gateway):
     from contracts import CATALOGUE
 

@@ -28,6 +28,8 @@ def events(*ids: str) -> list[Publishable]:
 
 
 class Store:
+    in_process = False  # in a worker thread, so that a recording can be held
+
     def __init__(self) -> None:
         self.keys: set[tuple[str, str]] = set()
         self.held: set[str] = set()  # ids whose recording waits for `release`
@@ -177,6 +179,40 @@ def test_a_repeat_of_an_event_in_another_transaction_waits_for_its_outcome(first
         assert (outcome, kafka.published) == (Outcome(2, 0), [["a", "b"]])
     else:  # published once, and the repeat is a duplicate
         assert (outcome, kafka.published) == (Outcome(1, 1), [["a"], ["b"]])
+
+
+@pytest.mark.parametrize("groups_per_publisher", [1, 2])
+def test_a_publisher_is_handed_its_next_group_while_its_transaction_runs(groups_per_publisher: int) -> None:
+    class SlowKafka(Kafka):
+        def __init__(self) -> None:
+            super().__init__()
+            self.started: list[list[str]] = []
+            self.release = asyncio.Event()
+
+        async def publish(self, published: Sequence[Publishable]) -> None:
+            self.started.append([e.event.id for e in published])
+            self.changed.set()
+            await self.release.wait()
+            await super().publish(published)
+
+    async def scenario() -> list[list[str]]:
+        kafka = SlowKafka()
+        accept = AcceptEvents(Store(), [kafka], groups_per_publisher=groups_per_publisher)
+        first = asyncio.create_task(accept(events("a")))
+        while not kafka.started:
+            kafka.changed.clear()
+            await kafka.changed.wait()
+        second = asyncio.create_task(accept(events("b")))
+        for _ in range(10):  # the group commit's steps (no timing involved)
+            await asyncio.sleep(0)
+        handed_over = list(kafka.started)
+        kafka.release.set()
+        assert (await first, await second) == (Outcome(1, 0), Outcome(1, 0))
+        await accept.close()
+        return handed_over
+
+    expected = [["a"], ["b"]] if groups_per_publisher == 2 else [["a"]]
+    assert asyncio.run(scenario()) == expected
 
 
 def test_split_fresh_counts_per_request() -> None:
