@@ -18,7 +18,6 @@ import struct
 from collections.abc import Callable, Sequence
 from multiprocessing import get_context
 from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from typing import Any
 
 from kim.helper import exit_with, settle
