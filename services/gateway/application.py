@@ -75,17 +75,24 @@ def _settle(group: list[_Request], outcomes: list[Outcome] | BaseException) -> N
 
 class AcceptEvents:
     def __init__(self, store: AcceptedEvents, publishers: Sequence[Publisher], max_group_events: int = 5000,
-                 groups_per_publisher: int = 1) -> None:
+                 groups_per_publisher: int = 1, overlap_events: int = 0) -> None:
         self._store = store
         self._max_group_events = max_group_events
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
+        self._queued_events = 0
         self._worker: asyncio.Task | None = None
         # Each publisher runs one Kafka transaction at a time; several publishers overlap their round trips.
-        # A publisher given a second group during a transaction starts it the moment the first commits.
+        # A publisher given a second group during a transaction starts it the moment the first commits, but
+        # only once `overlap_events` wait: fewer wait for the transaction to end and go together in the
+        # next, rather than take a transaction of their own after it (measured at 1,050 single-event
+        # requests/s: p50 7-9 ms instead of 14-17 ms).
         self._free: asyncio.Queue[Publisher] = asyncio.Queue()
         for _ in range(groups_per_publisher):
             for publisher in publishers:
                 self._free.put_nowait(publisher)
+        self._overlap_events = overlap_events
+        self._groups_in_flight: dict[Publisher, int] = {}
+        self._changed = asyncio.Event()  # a request came, or a publisher finished a group
         # Keys of the groups being published: a repeat waits for their outcome.
         self._publishing: dict[tuple[str, str], asyncio.Task] = {}
         # On Kafka, but perhaps not yet in the store: duplicates all the same.
@@ -100,6 +107,8 @@ class AcceptEvents:
             self._worker = asyncio.create_task(self._run(), name="gateway-group-commit")
         request = _Request(events)
         await self._queue.put(request)
+        self._queued_events += len(events)
+        self._changed.set()
         return await request.done
 
     async def close(self) -> None:
@@ -115,18 +124,23 @@ class AcceptEvents:
     async def _run(self) -> None:
         while True:
             publisher = await self._free.get()
+            while self._groups_in_flight.get(publisher) and self._queued_events < self._overlap_events:
+                self._changed.clear()
+                await self._changed.wait()
             group = [await self._queue.get()]
             size = len(group[0].events)
             while not self._queue.empty() and size < self._max_group_events:
                 request = self._queue.get_nowait()
                 group.append(request)
                 size += len(request.events)
+            self._queued_events -= size
             try:
                 fresh, outcomes = await self._split(group)
             except Exception as exc:  # every request of the group fails alike
                 self._free.put_nowait(publisher)
                 _settle(group, exc)
                 continue
+            self._groups_in_flight[publisher] = self._groups_in_flight.get(publisher, 0) + 1
             task = asyncio.create_task(self._publish(publisher, group, fresh, outcomes))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -161,6 +175,8 @@ class AcceptEvents:
         else:  # before the keys leave `_publishing`, so that a repeat always finds them
             self._unrecorded.update(e.key for e in fresh)
         finally:
+            self._groups_in_flight[publisher] -= 1
+            self._changed.set()
             self._free.put_nowait(publisher)
             for event in fresh:
                 del self._publishing[event.key]

@@ -50,7 +50,8 @@ def create_app(settings: GatewaySettings, instance: str | None = None) -> FastAP
         app.state.settings = settings
         app.state.token_verifier = verifier
         app.state.verified_tokens = VerifiedTokens()
-        app.state.accept_events = AcceptEvents(SqlAcceptedEvents(db), publishers, max_group_events=1000, groups_per_publisher=2)
+        app.state.accept_events = AcceptEvents(SqlAcceptedEvents(db), publishers, max_group_events=1000,
+                                               groups_per_publisher=2, overlap_events=200)
         try:
             yield
         finally:
