@@ -92,18 +92,31 @@ class SqlAcceptedEvents:
 
     def record(self, events: Sequence[Publishable]) -> None:
         now = datetime.now(timezone.utc).isoformat()
-        recorded: list[tuple[int, str, str]] = []
+        recorded: list[tuple[int, tuple[str, str]]] = []
         with self._db.transaction() as tx:
+            if self._rows is not None:
+                tx.execute("SELECT coalesce(max(rowid), 0) FROM gateway_accepted_events")
+                next_rowid = tx.fetchone()[0] + 1
             for start in range(0, len(events), _ROWS):
                 chunk = events[start:start + _ROWS]
                 values = ", ".join("(?, ?, ?, ?, ?)" for _ in chunk)
                 params = [value for e in chunk for value in (*e.key, e.event.type, e.event.subject, now)]
                 if self._rows is None:
                     tx.execute(f"INSERT INTO {_INSERTED} VALUES {values} ON CONFLICT (source, id) DO NOTHING", params)
-                else:
-                    # OR IGNORE: a store made before the log had the key, which a repeat would break.
-                    tx.execute(f"INSERT OR IGNORE INTO {_INSERTED} VALUES {values} RETURNING rowid, source, id", params)
-                    recorded += tx.fetchall()
+                    continue
+                # OR IGNORE: a store made before the log had the key, which a repeat would break.
+                tx.execute(f"INSERT OR IGNORE INTO {_INSERTED} VALUES {values}", params)
+                if tx.rowcount == len(chunk):
+                    # Each row took the next rowid (the largest + 1; this process is the only writer). Known
+                    # without RETURNING, which cost a third of the recording.
+                    recorded += zip(range(next_rowid, next_rowid + len(chunk)), (e.key for e in chunk))
+                    next_rowid += len(chunk)
+                else:  # some key was there before (only in a store made with the key): read what was added
+                    tx.execute("SELECT rowid, source, id FROM gateway_accepted_events WHERE rowid >= ? ORDER BY rowid",
+                               [next_rowid])
+                    added = tx.fetchall()
+                    recorded += [(rowid, (source, event_id)) for rowid, source, event_id in added]
+                    next_rowid = added[-1][0] + 1 if added else next_rowid
         if self._rows is not None:  # once committed: a key is remembered only when it is durable
-            for rowid, source, event_id in recorded:
-                self._rows.setdefault(hash((source, event_id)), rowid)
+            for rowid, key in recorded:
+                self._rows.setdefault(hash(key), rowid)
