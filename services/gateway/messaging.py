@@ -79,8 +79,9 @@ class HelperPublisher:
         payload = pickle.dumps([outgoing(e) for e in events], protocol=pickle.HIGHEST_PROTOCOL)
         helper = self._helper
         try:
-            async with asyncio.timeout(self._limit):  # not `wait_for`: its task would start only after the loop's
-                reply = await helper.publish(next(self._numbers), payload)  # ready callbacks, ~10 ms here
+            # Not `wait_for`: its task would start only after the loop's ready callbacks, ~10 ms here.
+            async with asyncio.timeout(self._limit):
+                reply = await helper.publish(next(self._numbers), payload)
         except (OSError, EOFError, TimeoutError) as exc:
             if helper is self._helper:  # not replaced yet by another group's failure
                 helper.kill(exc)
@@ -232,8 +233,8 @@ _PIPE_BYTES = 1 << 20
 
 
 def _widen(pipe: Connection) -> None:
-    """A group of ~1,500 events fits in a pipe at once (Linux lets a pipe hold up to 1 MB, 64 KB by
-    default), so that it goes over in one write."""
+    """A group (at most 1,000 events, ~650 KB) fits in the pipe at once (Linux lets a pipe hold up to
+    1 MB, 64 KB by default), so that it goes over in one write."""
     with contextlib.suppress(AttributeError, OSError):
         fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
 
