@@ -94,6 +94,7 @@ class HelperPublisher:
         await self._helper.stop(self._limit)
 
 
+_CLOSING: set[asyncio.Task] = set()  # helpers closing their pipes
 _NUMBER = struct.Struct("!Q")  # a group's number, before its events and before the helper's reply
 _STOP = _DONE = b""
 
@@ -155,6 +156,9 @@ class _Helper:
         self._fail(failure)
         if self._closing is None:
             self._closing = asyncio.create_task(self._close())
+            # The event loop holds tasks weakly, and a replaced helper is referenced by nothing else.
+            _CLOSING.add(self._closing)
+            self._closing.add_done_callback(_CLOSING.discard)
 
     async def _close(self) -> None:
         async with self._writing:
