@@ -25,8 +25,8 @@ def schema(dialect: Dialect) -> tuple[str, ...]:
 _INSERTED = "gateway_accepted_events (source, id, type, subject, accepted_at)"
 # Stays below SQLite's limit of host parameters per statement.
 _CHUNK = 400
-# Rows per INSERT: one statement for many rows, as the worker thread running it
-# waits for the event loop to hand back the GIL after every statement.
+# Rows per INSERT: one statement for many rows, as each statement costs a round trip to PostgreSQL
+# (from a worker thread that waits for the event loop to hand back the GIL) and its own step on SQLite.
 _ROWS = _CHUNK // 5
 
 
