@@ -199,8 +199,10 @@ class BrokerNode:
             f"transaction.state.log.min.isr={min(rf, 2)}",
             f"default.replication.factor={rf}",
             f"min.insync.replicas={min(rf, 2)}",
-            # Consumers of a fresh group should not wait 3 s for more members.
-            "group.initial.rebalance.delay.ms=0",
+            # A fresh group waits this long for more members before its first assignment (Kafka's default:
+            # 3 s), so that members started together (a service and its helper) each get their share at
+            # once instead of one consuming everything until the next rebalance.
+            "group.initial.rebalance.delay.ms=300",
             # Topics are created explicitly with the configured partition count.
             "auto.create.topics.enable=false",
             "log.retention.hours=-1",
