@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -14,6 +13,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from kim.collector import collect_rarely
 from kim.settings import KimSettings
 
 if TYPE_CHECKING:
@@ -101,13 +101,5 @@ def run_service(service: str, create_app: Callable[[S], FastAPI], settings_cls: 
     args = parser.parse_args()
     settings = load_settings(settings_cls)
     app = create_app(settings)
-    # The objects of start-up live for ever, so they are frozen out of collections.
-    gc.freeze()
-    # The collector's young generation runs once the tracked objects allocated exceed those freed by
-    # this many. A consumer's poll holds hundreds of thousands of young objects at once (records, their
-    # headers), all alive until the batch is committed: with a lower threshold the collector scanned
-    # them again and again for nothing, 10-20 % of a catch-up's CPU (measured). Requests and batches
-    # free what they allocate, so only objects that outlive them (or cyclic garbage) count towards it.
-    # Never lower what a service chose for itself (the reporting service: rarer older generations).
-    gc.set_threshold(*(max(mine, ours) for mine, ours in zip(gc.get_threshold(), (1_000_000, 10, 10))))
+    collect_rarely()
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)

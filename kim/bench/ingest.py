@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import time
 
 from typing import TYPE_CHECKING
 
 import orjson
 
+from kim.collector import collect_rarely
 from kim.settings import KimSettings
 
 if TYPE_CHECKING:
@@ -58,6 +58,7 @@ async def _batches(port: int, bodies: list[bytes], connections: int, headers: di
     from kim.bench._support import HttpConnection
 
     queue = list(reversed(bodies))
+    collect_rarely()
 
     async def worker() -> None:
         connection = HttpConnection(port)
@@ -90,6 +91,7 @@ async def _plain_producer(bootstrap: str, events: list[dict], batch: int, connec
     from kim.messaging.producer import DEFAULT_BATCH_BYTES, DEFAULT_LINGER_MS
 
     queue = _record_batches(events, batch)
+    collect_rarely()
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all",
                                 linger_ms=DEFAULT_LINGER_MS, max_batch_size=DEFAULT_BATCH_BYTES)
     await producer.start()
@@ -114,6 +116,7 @@ async def _batch_path(bootstrap: str, events: list[dict], batch: int, connection
     from kim.messaging import EventProducer
 
     queue = _record_batches(events, batch)
+    collect_rarely()
     transactional_id = f"kim-bench-plain-{uuid.uuid4().hex[:8]}"
     async with EventProducer(bootstrap, timeout=30, transactional_id=transactional_id, chain=False) as producer:
         async def worker() -> None:
@@ -131,9 +134,7 @@ async def _singles(port: int, events: list[dict], headers: dict[str, str], secon
     from kim.bench._support import HttpConnection
 
     bodies = iter(orjson.dumps(e) for e in events)
-    # Out of the collector's sight: a full collection walking the many events here stalled
-    # this client for a quarter of a second, which counted against the gateway.
-    gc.freeze()
+    collect_rarely()
     latencies: list[float] = []
     started = time.perf_counter()
     deadline = started + seconds

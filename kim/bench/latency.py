@@ -90,6 +90,7 @@ def run(args: argparse.Namespace, settings: KimSettings) -> int:
     import httpx
 
     from kim.bench._support import Service, kafka, percentile, row, run_client, scratch_dir, token
+    from kim.collector import collect_rarely
 
     subjects = [f"P-lat-{uuid.uuid4().hex[:10]}" for _ in range(args.events)]
     agency_system = token(AGENCY, ["agency_system"])
@@ -115,6 +116,7 @@ def run(args: argparse.Namespace, settings: KimSettings) -> int:
                         if time.monotonic() > deadline:
                             raise TimeoutError("the referral service did not apply the opening events")
                         time.sleep(0.05)
+            collect_rarely()
             latencies = run_client(_measure(gateway.port, referral.port, subjects, args.rate,
                                              args.poll_ms / 1000, auditor, agency_system))
         finally:
