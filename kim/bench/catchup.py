@@ -6,11 +6,10 @@ with Python's default collector setting, then with the services' (`collect_rarel
 the default, the collector costs it a quarter of its CPU); the target compares against the
 latter, the same footing. A validating one reads every record and validates against the
 contract (`contracts.decode`) those the referral service validates, as any validating
-consumer must. The referral
-service is started fresh and timed until `/readyz` says it has consumed up to the end
-offsets and computed every person. Before it, the scratch broker's group coordinator is
-warmed: a fresh broker creates its offsets topic at the first group join (~0.5 s here),
-which a broker in use has long done.
+consumer must. The referral service is started fresh and timed until `/readyz` says it
+has consumed up to the end offsets and computed every person. Before it, the scratch
+broker's group coordinator is warmed: a fresh broker creates its offsets topic at the
+first group join (~0.5 s here), which a broker in use has long done.
 """
 
 from __future__ import annotations
