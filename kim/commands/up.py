@@ -15,12 +15,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: KimSettings) -> int:
     from kim.up import up
 
-    after_ready = None
-    if args.demo:
-        def after_ready(stopping) -> None:
-            from kim.demo.command import publish_district
+    def publish_demo(stopping) -> None:
+        from kim.demo.command import publish_district
 
-            publish_district(settings, stopping)
-            print("demo district published. Ctrl-C stops everything.", flush=True)
+        publish_district(settings, stopping)
+        print("demo district published. Ctrl-C stops everything.", flush=True)
 
-    return up(settings, after_ready=after_ready)
+    return up(settings, after_ready=publish_demo if args.demo else None)
