@@ -119,9 +119,7 @@ class _Helper:
 
     async def publish(self, number: int, payload: bytes) -> bytes:
         """The helper's reply to this group: b"" once Kafka acknowledged it, else why it failed."""
-        if self._reader is None:
-            self._reader = asyncio.create_task(self._read_replies(), name=f"replies of {self.process.name}")
-        if self._reader.done() or not self.process.is_alive():
+        if self._replies_read().done() or not self.process.is_alive():
             raise EOFError("the publishing process is gone")
         reply = self._waiting[number] = asyncio.get_running_loop().create_future()
         try:
@@ -130,6 +128,12 @@ class _Helper:
             return await reply
         finally:
             self._waiting.pop(number, None)
+
+    def _replies_read(self) -> asyncio.Task:
+        """The task that reads the helper's replies, started with the first group (or the stop)."""
+        if self._reader is None:
+            self._reader = asyncio.create_task(self._read_replies(), name=f"replies of {self.process.name}")
+        return self._reader
 
     async def _read_replies(self) -> None:
         failure: BaseException = EOFError("the publishing process stopped")
@@ -172,9 +176,7 @@ class _Helper:
         with contextlib.suppress(OSError, EOFError, TimeoutError):
             async with self._writing:
                 await asyncio.wait_for(_sent(self._requests, _STOP), limit)
-            if self._reader is None:
-                self._reader = asyncio.create_task(self._read_replies())
-            await asyncio.wait_for(asyncio.shield(self._reader), limit)
+            await asyncio.wait_for(asyncio.shield(self._replies_read()), limit)
         self.kill(EOFError("the gateway stops"))  # a helper that stopped has exited already
         await self._closing
         await asyncio.to_thread(self.process.join, 5)
