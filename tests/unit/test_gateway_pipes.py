@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from multiprocessing import get_context
 
+import pytest
+
 from services.gateway.messaging import _Messages, _sent, _widen
 
 
@@ -42,12 +44,8 @@ def test_the_end_of_the_pipe_is_reported() -> None:
         writer.close()
         incoming = _Messages(reader)
         assert await incoming.next() == b"last"
-        try:
+        with pytest.raises(EOFError):
             await incoming.next()
-        except EOFError:
-            return
-        finally:
-            reader.close()
-        raise AssertionError("no EOFError at the end of the pipe")
+        reader.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 10))
