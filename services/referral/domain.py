@@ -34,8 +34,8 @@ Decisions where interfaces.md leaves room (§4 is the authority otherwise):
   the area (so social_welfare_office opening SGB_XII satisfies R1), or when the
   holder closes the area for `need_ended`/`moved_away`; with status `cancelled`
   when the person's case is closed. A later acceptance or rejection still
-  overrides these last two statuses. Replaced expected handovers keep status `replaced` and
-  are kept apart in `PersonState.replaced_handovers`.
+  overrides these last two statuses. Replaced expected handovers keep status
+  `replaced` and are kept apart in `PersonState.replaced_handovers`.
 - Only the continuous areas (benefits, case_management, labour_market) get gaps;
   `youth` may end without a successor (§1).
 - After `CaseClosed` (the first one counts) the person stays inactive: rules
