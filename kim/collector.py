@@ -1,5 +1,6 @@
-"""The garbage collector's setting of every service process; the benchmarks' own producers,
-consumers and clients run with it too, so that they are compared on the same footing."""
+"""The garbage collector's settings: `collect_rarely` in every service process (the benchmarks' own
+producers, consumers and clients run with it too, so that they are compared on the same footing), and
+`fewer_collections` where a process holds the whole history in memory (reporting, audit replay)."""
 
 from __future__ import annotations
 
@@ -17,3 +18,13 @@ def collect_rarely() -> None:
     # free what they allocate, so only objects that outlive them (or cyclic garbage) count towards it.
     # Never lower what a service chose for itself (the reporting service: rarer older generations).
     gc.set_threshold(*(max(mine, ours) for mine, ours in zip(gc.get_threshold(), (1_000_000, 10, 10))))
+
+
+def fewer_collections() -> None:
+    """Let the collector's older generations run far less often in this process.
+
+    The figures hold millions of small objects (every person's events) that never
+    form cycles; with the default thresholds the collector scans them again and
+    again and costs as much as the work itself.
+    """
+    gc.set_threshold(100_000, 50, 1000)

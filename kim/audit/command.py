@@ -141,7 +141,7 @@ def _scope(settings: AuditSettings, as_of: datetime | None, known_at: datetime |
 
 def _replay(args: argparse.Namespace, settings: AuditSettings) -> int:
     from kim.audit.replay import ReplayError, replay, report_hash, summary
-    from services.reporting.messaging import fewer_collections
+    from kim.collector import fewer_collections
 
     fewer_collections()
     scope = _scope(settings, args.as_of, args.known_at)
@@ -166,7 +166,7 @@ def _verify(args: argparse.Namespace, settings: AuditSettings) -> int:
 
     from kim.audit.replay import ReplayError
     from kim.audit.verify import Services, compare_projections, run_chains
-    from services.reporting.messaging import fewer_collections
+    from kim.collector import fewer_collections
 
     fewer_collections()
     direct = sorted(set(direct_agencies(settings.rules_file)) | set(args.direct_agency))

@@ -30,11 +30,11 @@ from aiokafka import TopicPartition
 
 from contracts import InvalidEvent, decode, parse_rfc3339, rfc3339
 from kim.audit import topics as audit_topics
+from kim.collector import fewer_collections
 from services.referral.domain import PersonState
 from services.referral.rules import RulesConfig
 from services.reporting.disclosure import publish
 from services.reporting.domain import KEPT_FIELDS, PersonLog, Tally, assess, month_index, month_name, record_of
-from services.reporting.messaging import fewer_collections
 
 
 class ReplayError(RuntimeError):

@@ -84,7 +84,7 @@ def _bare(bootstrap: str, pattern: str, validate: bool) -> tuple[int, float]:
     from contracts import decode
     from kim.audit import topics as audit_topics
     from kim.audit.replay import snapshot
-    from services.reporting.messaging import fewer_collections
+    from kim.collector import fewer_collections
 
     fewer_collections()  # as in the replay, so that both pay the same for garbage collection
     parse = decode if validate else orjson.loads
@@ -112,9 +112,9 @@ def _replay(bootstrap: str, pattern: str, workers: int | None) -> tuple[int, flo
     """Child process: a full audit replay; (events, seconds, peak RSS in KiB of it and its workers, persons,
     workers)."""
     from kim.audit.replay import Scope, replay
+    from kim.collector import fewer_collections
     from kim.demo import DEFAULT_END
     from services.referral.rules import RulesConfig
-    from services.reporting.messaging import fewer_collections
 
     fewer_collections()  # as `kim audit replay` does
 

@@ -1,6 +1,6 @@
+from kim.collector import fewer_collections
 from kim.service import run_service
 from services.reporting.bootstrap import create_app
-from services.reporting.messaging import fewer_collections
 from services.reporting.settings import ReportingSettings
 
 fewer_collections()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Iterable, Sequence
 
 import orjson
@@ -10,16 +9,6 @@ import orjson
 from contracts import InvalidEvent, decode, parse_rfc3339
 from contracts.upcasting import upcast
 from services.reporting.domain import KEPT_FIELDS, Record, record_of
-
-
-def fewer_collections() -> None:
-    """Let Python's cyclic garbage collector run far less often in this process.
-
-    The figures hold millions of small objects (every person's events) that never
-    form cycles; with the default thresholds the collector scans them again and
-    again and costs as much as the work itself.
-    """
-    gc.set_threshold(100_000, 50, 1000)
 
 
 KEPT_TYPES = frozenset(f"de.kim.{name}.v1".encode() for name in KEPT_FIELDS)
