@@ -10,12 +10,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from contracts import Agency
 from kim.messaging.topics import partition_counts
 from kim.topics import DEADLETTER_TOPIC
 
 DEFAULT_PATTERN = "kim.*"
-_AGENCIES = frozenset(a.value for a in Agency)
 # `kim.<agency or service>.events`, optionally under a prefix (copies, benchmarks).
 _EVENT_TOPIC = re.compile(r"(?:^|\.)kim\.([a-z][a-z0-9_-]*)\.events$")
 
@@ -24,10 +22,6 @@ def topic_owner(topic: str) -> str | None:
     """The agency or service that writes an event topic (§5), None for other topics."""
     match = _EVENT_TOPIC.search(topic)
     return match.group(1) if match else None
-
-
-def is_agency_topic(topic: str) -> bool:
-    return topic_owner(topic) in _AGENCIES
 
 
 def is_deadletter(topic: str) -> bool:

@@ -60,11 +60,6 @@ def emitter(envelope: Mapping[str, Any]) -> str | None:
     return None if parts[2] == "service" else parts[2]
 
 
-def sort_key(envelope: Mapping[str, Any]) -> tuple:
-    """Effective time, then recorded time, then id: the timeline's order."""
-    return (parse_rfc3339(envelope["time"]), parse_rfc3339(envelope["recordedtime"]), envelope["id"])
-
-
 @dataclass
 class PersonSummary:
     registered_by: str | None = None

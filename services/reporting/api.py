@@ -15,7 +15,6 @@ from services.reporting.domain import month_name, parse_month
 router = APIRouter(prefix="/v1", tags=["figures"])
 
 READERS = ("steering_group", "auditor")
-MONTH = r"^[0-9]{4}-[0-9]{2}$"
 
 FromMonth = Annotated[str | None, Query(alias="from", description="first month, YYYY-MM")]
 ToMonth = Annotated[str | None, Query(alias="to", description="last month, YYYY-MM")]
