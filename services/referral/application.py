@@ -104,6 +104,11 @@ class Referral:
                 ReferralStore.add_to_outbox(tx, [(d, envelope) for d, envelope in envelopes if d.subject in kept])
             return len(due)
 
+    def caught_up(self) -> None:
+        """A catch-up has just stored its facts: computing them comes next."""
+        with self._db.transaction() as tx:
+            ReferralStore.refresh_statistics(tx)
+
     def settled(self, partitions: Sequence[int]) -> bool:
         """No person of these partitions waits for a recomputation."""
         with self._db.transaction(readonly=True) as tx:

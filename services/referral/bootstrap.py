@@ -86,9 +86,11 @@ class Member:
         """While the consumer catches up (at start, after a rebalance) nobody is recomputed: each person
         touched then is computed once at the end rather than once per batch of their facts."""
         consumer = self.consumer
+        store_told = False  # that the catch-up under way has ended
         while not self.stopping.is_set():
             self.wake.clear()
             if not consumer.caught_up():
+                store_told = False
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(consumer.wait_caught_up(), self.tick_s)
                 continue
@@ -96,6 +98,9 @@ class Member:
                 owned = consumer.owned_partitions()
                 if owned:
                     self.quiet.clear()
+                    if not store_told:
+                        await anyio.to_thread.run_sync(self.referral.caught_up)
+                        store_told = True
                     while (consumer.caught_up() and not self.stopping.is_set()
                            and await anyio.to_thread.run_sync(self.referral.recompute_due, owned) > 0):
                         pass  # chunk after chunk until none is due

@@ -21,7 +21,7 @@ from kim.messaging import (
     member_partitions,
 )
 from kim.messaging.consumer import SCHEMA, BatchApplier, PositionConflict, dead_letter_record, envelope_key
-from kim.storage import Database, eventsourcing_env, qmark_to_format, sqlite_path, upsert_sql
+from kim.storage import Database, _insert_from_json, eventsourcing_env, qmark_to_format, sqlite_path, upsert_sql
 
 ENVELOPE = {
     "specversion": "1.0",
@@ -50,6 +50,21 @@ ENVELOPE = {
 )
 def test_qmark_placeholders_become_psycopg_placeholders(qmark, expected):
     assert qmark_to_format(qmark) == expected
+
+
+def test_a_bulk_insert_on_postgresql_reads_its_rows_from_one_json_parameter():
+    statement, columns = _insert_from_json(
+        "INSERT INTO t (a, b, c) VALUES (?, ?, 1) ON CONFLICT (a) DO UPDATE SET b = excluded.b")
+    assert statement == ("INSERT INTO t (a, b, c) SELECT a, b, 1 FROM json_populate_recordset(NULL::t, ?::json) "
+                         "ON CONFLICT (a) DO UPDATE SET b = excluded.b")
+    assert columns == ("a", "b")
+
+
+@pytest.mark.parametrize("sql", ["UPDATE t SET a = ?", "INSERT INTO t (a, b) VALUES (?)",
+                                 "INSERT INTO t (a) SELECT a FROM u"])
+def test_a_bulk_insert_refuses_other_statements(sql):
+    with pytest.raises(ValueError):
+        _insert_from_json(sql)
 
 
 def test_upsert_sql_updates_non_key_columns_by_default():
