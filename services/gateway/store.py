@@ -25,9 +25,12 @@ def schema(dialect: Dialect) -> tuple[str, ...]:
 _INSERTED = "gateway_accepted_events (source, id, type, subject, accepted_at)"
 # Stays below SQLite's limit of host parameters per statement.
 _CHUNK = 400
-# Rows per INSERT: one statement for many rows, as each statement costs a round trip to PostgreSQL
-# (from a worker thread that waits for the event loop to hand back the GIL) and its own step on SQLite.
+# Rows per INSERT on SQLite: one statement for many rows, as each statement costs its own step (PostgreSQL
+# takes all rows of a recording in one statement: `Transaction.insert_many`).
 _ROWS = _CHUNK // 5
+# PostgreSQL: the planner's statistics of the table are refreshed once it has grown by this many rows,
+# or by as many as it held at the last refresh if that is more.
+_ANALYSE_AFTER = 10_000
 
 
 class SqlAcceptedEvents:
@@ -43,11 +46,27 @@ class SqlAcceptedEvents:
         db.ensure_schema(schema(db.dialect))
         # hash of a key -> rowid of the first key recorded with that hash
         self._rows: dict[int, int] | None = None
+        # PostgreSQL: rows the table held at the last refresh of its statistics, and rows recorded since.
+        self._rows_analysed = 0
+        self._recorded_since = 0
+        if db.dialect == "postgresql":
+            self._refresh_statistics()
         if db.dialect == "sqlite":
             with db.transaction(readonly=True) as tx:
                 tx.execute("SELECT rowid, source, id FROM gateway_accepted_events ORDER BY rowid DESC")
                 # In descending order, so that the first row of each hash is the one kept.
                 self._rows = {hash((source, event_id)): rowid for rowid, source, event_id in tx.fetchall()}
+
+    def _refresh_statistics(self) -> None:
+        """PostgreSQL plans the lookup of keys by its statistics of the table, which autovacuum refreshes
+        a minute or more after the table grew. Without them it took the keys of one source for few and
+        read all of that source's keys for every group (measured on 250,000 keys: 49 ms per 400 keys
+        looked up, 2 ms with statistics; a new store took 2,600 events/s)."""
+        with self._db.transaction() as tx:
+            tx.execute("ANALYZE gateway_accepted_events")
+            tx.execute("SELECT reltuples FROM pg_class WHERE oid = 'gateway_accepted_events'::regclass")
+            self._rows_analysed = max(0, int(tx.fetchone()[0]))
+        self._recorded_since = 0
 
     def may_know(self, keys: Sequence[tuple[str, str]]) -> bool:
         """Cheap and without the database: False when none of `keys` was ever recorded."""
@@ -61,16 +80,10 @@ class SqlAcceptedEvents:
         for source, event_id in set(keys):
             by_source.setdefault(source, []).append(event_id)
         found: set[tuple[str, str]] = set()
-        with self._db.transaction(readonly=True) as tx:
+        with self._db.transaction(readonly=True) as tx:  # PostgreSQL: one short statement per source
             for source, ids in by_source.items():
-                for start in range(0, len(ids), _CHUNK):
-                    chunk = ids[start:start + _CHUNK]
-                    tx.execute(
-                        f"SELECT id FROM gateway_accepted_events WHERE source = ? AND id IN "
-                        f"({', '.join('?' for _ in chunk)})",
-                        [source, *chunk],
-                    )
-                    found.update((source, row[0]) for row in tx.fetchall())
+                tx.execute("SELECT id FROM gateway_accepted_events WHERE source = ? AND id = ANY(?)", [source, ids])
+                found.update((source, row[0]) for row in tx.fetchall())
         return found
 
     def _known_here(self, keys: set[tuple[str, str]], rows: dict[int, int]) -> set[tuple[str, str]]:
@@ -92,18 +105,23 @@ class SqlAcceptedEvents:
 
     def record(self, events: Sequence[Publishable]) -> None:
         now = datetime.now(timezone.utc).isoformat()
+        rows = self._rows
+        if rows is None:  # PostgreSQL
+            with self._db.transaction() as tx:
+                tx.insert_many(f"INSERT INTO {_INSERTED} VALUES (?, ?, ?, ?, ?) ON CONFLICT (source, id) DO NOTHING",
+                               [(*e.key, e.event.type, e.event.subject, now) for e in events])
+            self._recorded_since += len(events)
+            if self._recorded_since >= max(_ANALYSE_AFTER, self._rows_analysed):
+                self._refresh_statistics()
+            return
         recorded: list[tuple[int, tuple[str, str]]] = []
         with self._db.transaction() as tx:
-            if self._rows is not None:
-                tx.execute("SELECT coalesce(max(rowid), 0) FROM gateway_accepted_events")
-                next_rowid = tx.fetchone()[0] + 1
+            tx.execute("SELECT coalesce(max(rowid), 0) FROM gateway_accepted_events")
+            next_rowid = tx.fetchone()[0] + 1
             for start in range(0, len(events), _ROWS):
                 chunk = events[start:start + _ROWS]
                 values = ", ".join("(?, ?, ?, ?, ?)" for _ in chunk)
                 params = [value for e in chunk for value in (*e.key, e.event.type, e.event.subject, now)]
-                if self._rows is None:
-                    tx.execute(f"INSERT INTO {_INSERTED} VALUES {values} ON CONFLICT (source, id) DO NOTHING", params)
-                    continue
                 # OR IGNORE: a store made before the log had the key, which a repeat would break.
                 tx.execute(f"INSERT OR IGNORE INTO {_INSERTED} VALUES {values}", params)
                 if tx.rowcount == len(chunk):
@@ -117,6 +135,5 @@ class SqlAcceptedEvents:
                     added = tx.fetchall()
                     recorded += [(rowid, (source, event_id)) for rowid, source, event_id in added]
                     next_rowid = added[-1][0] + 1 if added else next_rowid
-        if self._rows is not None:  # once committed: a key is remembered only when it is durable
-            for rowid, key in recorded:
-                self._rows.setdefault(hash(key), rowid)
+        for rowid, key in recorded:  # once committed: a key is remembered only when it is durable
+            rows.setdefault(hash(key), rowid)
