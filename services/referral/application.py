@@ -104,7 +104,7 @@ class Referral:
                 ReferralStore.add_to_outbox(tx, [(d, envelope) for d, envelope in envelopes if d.subject in kept])
             return len(due)
 
-    def caught_up(self) -> None:
+    def catch_up_ended(self) -> None:
         """A catch-up has just stored its facts: computing them comes next."""
         with self._db.transaction() as tx:
             ReferralStore.refresh_statistics(tx)

@@ -99,7 +99,7 @@ class Member:
                 if owned:
                     self.quiet.clear()
                     if not store_told:
-                        await anyio.to_thread.run_sync(self.referral.caught_up)
+                        await anyio.to_thread.run_sync(self.referral.catch_up_ended)
                         store_told = True
                     while (consumer.caught_up() and not self.stopping.is_set()
                            and await anyio.to_thread.run_sync(self.referral.recompute_due, owned) > 0):
