@@ -157,14 +157,6 @@ class ReferralStore:
         )
 
     @staticmethod
-    def refresh_statistics(tx: Transaction) -> None:
-        """PostgreSQL plans by its statistics of a table, which its autovacuum refreshes only minutes after
-        a catch-up has filled the facts: until then it read all facts for every chunk of persons (a seq
-        scan, measured: 92 ms per chunk). SQLite plans by its indexes alone."""
-        if tx.dialect == "postgresql":
-            tx.execute("ANALYZE referral_facts, referral_persons, referral_outbox")
-
-    @staticmethod
     def any_stale(tx: Transaction, partitions: Sequence[int]) -> bool:
         if not partitions:
             return False

@@ -49,3 +49,15 @@ def test_insert_many_of_no_rows_changes_nothing(database):
     with database.transaction() as tx:
         tx.insert_many("INSERT INTO bulk (k, n, note, marker) VALUES (?, ?, ?, 0)", [])
     assert rows_of(database) == []
+
+
+def test_refreshed_statistics_tell_postgresqls_planner_what_a_table_holds(database):
+    with database.transaction() as tx:
+        tx.insert_many("INSERT INTO bulk (k, n, note, marker) VALUES (?, ?, ?, 0)",
+                       [(f"k{i}", i, None) for i in range(500)])
+        tx.refresh_statistics("bulk")  # on SQLite nothing to do, and nothing fails
+    if database.dialect == "postgresql":
+        with database.transaction(readonly=True) as tx:
+            tx.execute("SELECT reltuples FROM pg_class WHERE oid = 'bulk'::regclass")
+            assert tx.fetchone()[0] == 500
+    assert len(rows_of(database)) == 500
