@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import date, datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -23,7 +23,7 @@ import orjson
 
 from contracts import ValidatedEvent
 from contracts.events import ConsentRecorded, ConsentWithdrawn, PersonRegistered
-from kim.storage import Transaction
+from kim.storage import Transaction, sortable
 
 # `valid_until` is a calendar date of the district: it ends at midnight in Germany.
 DISTRICT_TZ = ZoneInfo("Europe/Berlin")
@@ -133,11 +133,6 @@ def fact_of(event: ValidatedEvent[Any]) -> ConsentFact | None:
 
 # ---- the store -----------------------------------------------------------------------
 
-def _sortable(instant: datetime) -> str:
-    """Fixed width UTC, so comparing the strings in SQL compares the instants."""
-    return instant.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def _instant(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
@@ -153,12 +148,12 @@ def record_consent_events(tx: Transaction, events: Sequence[ValidatedEvent[Any]]
     for event in events:
         fact = fact_of(event)
         if fact is not None:
-            rows.append((fact.source, fact.id, event.subject, fact.agency, fact.kind, _sortable(fact.time),
-                         _sortable(fact.recorded_time), orjson.dumps(fact.shared_with).decode(),
+            rows.append((fact.source, fact.id, event.subject, fact.agency, fact.kind, sortable(fact.time),
+                         sortable(fact.recorded_time), orjson.dumps(fact.shared_with).decode(),
                          orjson.dumps(fact.purposes).decode(),
                          fact.valid_until.isoformat() if fact.valid_until else None))
         elif isinstance(event.data, PersonRegistered) and event.agency is not None:
-            registrations.append((event.subject, event.agency.value, _sortable(event.effective_time),
+            registrations.append((event.subject, event.agency.value, sortable(event.effective_time),
                                   event.source, event.id))
     tx.executemany(
         "INSERT INTO kim_consents (source, id, subject, agency, kind, time, recorded_time, shared_with, "

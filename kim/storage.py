@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager, contextmanager
+from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +34,15 @@ log = logging.getLogger(__name__)
 # every batch, 1.7 after every 4th), but each checkpoint is a longer burst: at 2 s the p99 of
 # `kim bench latency` was 48-235 ms (3 of 6 runs over 100 ms), at 0.5 s 47-87 ms.
 CHECKPOINT_INTERVAL_S = 0.5
+
+
+def sortable(instant: datetime) -> str:
+    """An aware instant as a fixed-width UTC string (`2026-08-01T09:30:00.000000Z`), so that comparing
+    the strings in SQL compares the instants. `isoformat` takes 60 % of `strftime`'s time, and a
+    catch-up writes two per event."""
+    if instant.tzinfo is not timezone.utc:
+        instant = instant.astimezone(timezone.utc)
+    return instant.isoformat(timespec="microseconds")[:26] + "Z"
 
 
 @lru_cache(maxsize=1024)

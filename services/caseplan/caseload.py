@@ -26,10 +26,12 @@ changing hands, or by the case being closed.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
+
+import orjson
 
 from contracts import parse_rfc3339
 
@@ -74,12 +76,14 @@ class PersonSummary:
     measures: list[dict[str, Any]] = field(default_factory=list)
     employment_since: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_json(self) -> str:
+        # orjson writes a dataclass directly; `dataclasses.asdict` deep-copies it first, which took a
+        # third of a catch-up's time.
+        return orjson.dumps(self).decode()
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PersonSummary:
-        return cls(**data)
+    def from_json(cls, text: str | bytes) -> PersonSummary:
+        return cls(**orjson.loads(text))
 
 
 def summarise(envelopes: Iterable[Mapping[str, Any]]) -> PersonSummary:

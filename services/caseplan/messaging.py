@@ -22,7 +22,8 @@ PUBLISHING_AGENCIES = tuple(sorted(MEASURE_AGENCIES))
 
 def timeline_consumer(db: Database, bootstrap: str, group: str) -> TrackedConsumer:
     return TrackedConsumer("caseplan", list(TOPICS), db, CaseplanStore.apply, bootstrap_servers=bootstrap,
-                           decode=decode, event_key=lambda e: (e.source, e.id), group_id=group)
+                           decode=decode, event_key=lambda e: (e.source, e.id), group_id=group,
+                           max_records=20000)
 
 
 def envelope_for(agency: str):

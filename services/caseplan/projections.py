@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -21,7 +21,7 @@ import orjson
 from contracts import ValidatedEvent
 from kim.consent import CONSENT_SCHEMA, record_consent_events
 from kim.messaging import ConsumedEvent
-from kim.storage import Transaction
+from kim.storage import Transaction, sortable
 from services.caseplan.caseload import PersonSummary, summarise
 
 SCHEMA: tuple[str, ...] = (
@@ -44,11 +44,6 @@ SCHEMA: tuple[str, ...] = (
 
 # Stays below SQLite's limit of host parameters per statement.
 _CHUNK = 400
-
-
-def sortable(instant: datetime) -> str:
-    """Fixed width UTC, so comparing the strings in SQL compares the instants."""
-    return instant.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
@@ -76,7 +71,7 @@ class CaseplanStore:
         subjects = sorted({e.subject for e in events})
         envelopes = CaseplanStore.envelopes_of(tx, subjects)
         tx.upsert("caseplan_summaries", ["subject"],
-                  [{"subject": s, "summary": orjson.dumps(summarise(envelopes[s]).to_dict()).decode()}
+                  [{"subject": s, "summary": summarise(envelopes[s]).to_json()}
                    for s in subjects])
 
     @staticmethod
@@ -100,7 +95,7 @@ class CaseplanStore:
             for chunk in _chunks(list(subjects)):
                 rows += tx.execute(f"SELECT subject, summary FROM caseplan_summaries WHERE subject IN "
                                    f"({_marks(chunk)})", chunk).fetchall()
-        return {subject: PersonSummary.from_dict(orjson.loads(summary)) for subject, summary in rows}
+        return {subject: PersonSummary.from_json(summary) for subject, summary in rows}
 
     @staticmethod
     def take_on(tx: Transaction, sub: str, agency: str, subject: str, reason: str, at: datetime) -> None:

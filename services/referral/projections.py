@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 
 import orjson
 
 from contracts import ValidatedEvent
-from kim.storage import Transaction
+from kim.storage import Transaction, sortable
 from contracts import parse_rfc3339, rfc3339
 from services.referral.domain import DerivedEvent, Fact, PersonState
 
@@ -80,11 +80,6 @@ def _marks(items: Sequence[object]) -> str:
 
 def _time(value: datetime | None) -> str | None:
     return rfc3339(value) if value is not None else None
-
-
-def _sortable(value: datetime | None) -> str | None:
-    """Fixed width, so that comparing the strings in SQL compares the instants."""
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if value is not None else None
 
 
 def _subject_filter(subjects: Sequence[str] | None) -> tuple[list[str], list[object]]:
@@ -211,7 +206,8 @@ class ReferralStore:
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [r for p in rows for r in p.handovers])
         tx.insert_many("INSERT INTO referral_reviews (review_id, subject, area, agency, held_since, due) "
                        "VALUES (?, ?, ?, ?, ?, ?)", [r for p in rows for r in p.reviews])
-        computed = [(_sortable(state.next_deadline), rfc3339(now), s) for s, state in states.items()]
+        computed = [(sortable(state.next_deadline) if state.next_deadline is not None else None, rfc3339(now), s)
+                    for s, state in states.items()]
         if tx.dialect == "postgresql":  # one statement rather than one per person (see `insert_many`)
             tx.execute("UPDATE referral_persons AS p SET stale = -ABS(p.stale), next_deadline = v.deadline, "
                        "computed_at = v.computed FROM unnest(?::text[], ?::text[], ?::text[]) "
@@ -225,7 +221,7 @@ class ReferralStore:
     def due_persons(tx: Transaction, now: datetime, partitions: Sequence[int] | None, limit: int) -> dict[str, int]:
         """Persons to recompute, with new facts or whose next deadline has passed: subject → `stale`."""
         sql = "SELECT subject, stale FROM referral_persons WHERE (stale > 0 OR next_deadline <= ?)"
-        params: list[object] = [_sortable(now)]
+        params: list[object] = [sortable(now)]
         if partitions is not None:
             if not partitions:
                 return {}

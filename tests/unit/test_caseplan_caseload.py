@@ -131,7 +131,8 @@ def test_the_viewer_filter_decides_per_alert_and_summaries_round_trip():
     history = overdue(registered()).agency("integration_center", "IntegrationAgreementSigned", "2026-02-01T10:00:00Z",
                                            plan_id="pl", goals=[{"goal_id": "g1", "kind": "language",
                                                                  "target": "B1", "due": "2026-06-30"}])
-    summary = PersonSummary.from_dict(summarise(history.events).to_dict())
+    summary = PersonSummary.from_json(summarise(history.events).to_json())
+    assert summary == summarise(history.events)
     only_derived = alerts("P-1", summary, NOW, lambda origin, named: origin is None and "job_center" in named)
     assert kinds(only_derived) == ["handover_overdue"]
     assert kinds(alerts("P-1", summary, NOW, lambda origin, named: origin == "integration_center")) == ["goal_overdue"]

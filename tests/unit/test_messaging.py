@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from datetime import datetime, timedelta, timezone
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from types import SimpleNamespace
@@ -21,7 +22,15 @@ from kim.messaging import (
     member_partitions,
 )
 from kim.messaging.consumer import SCHEMA, BatchApplier, PositionConflict, dead_letter_record, envelope_key
-from kim.storage import Database, _insert_from_json, eventsourcing_env, qmark_to_format, sqlite_path, upsert_sql
+from kim.storage import (
+    Database,
+    _insert_from_json,
+    eventsourcing_env,
+    qmark_to_format,
+    sortable,
+    sqlite_path,
+    upsert_sql,
+)
 
 ENVELOPE = {
     "specversion": "1.0",
@@ -50,6 +59,20 @@ ENVELOPE = {
 )
 def test_qmark_placeholders_become_psycopg_placeholders(qmark, expected):
     assert qmark_to_format(qmark) == expected
+
+
+def test_instants_are_stored_as_fixed_width_utc_strings_that_sort_as_the_instants_do():
+    berlin = timezone(timedelta(hours=2))
+    instants = [datetime(2026, 8, 1, 9, 30, tzinfo=timezone.utc),
+                datetime(2026, 8, 1, 11, 29, 59, 999999, tzinfo=berlin),  # 09:29:59.999999Z
+                datetime(999, 1, 1, tzinfo=timezone.utc),
+                datetime(2026, 8, 1, 9, 30, 0, 1, tzinfo=timezone.utc)]
+    keys = [sortable(instant) for instant in instants]
+    assert keys[0] == "2026-08-01T09:30:00.000000Z"
+    assert keys[1] == "2026-08-01T09:29:59.999999Z"
+    assert keys[2] == "0999-01-01T00:00:00.000000Z"
+    assert {len(key) for key in keys} == {27}
+    assert sorted(keys) == [sortable(instant) for instant in sorted(instants)]
 
 
 def test_a_bulk_insert_on_postgresql_reads_its_rows_from_one_json_parameter():
