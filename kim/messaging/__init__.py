@@ -2,6 +2,7 @@
 
 from kim.messaging.consumer import (
     DEADLETTER_TOPIC,
+    LARGE_POLLS,
     ConsumedEvent,
     InvalidEvent,
     TrackedConsumer,
@@ -21,6 +22,7 @@ from kim.messaging.topics import partition_counts
 
 __all__ = [
     "DEADLETTER_TOPIC",
+    "LARGE_POLLS",
     "ConsumedEvent",
     "EventProducer",
     "InvalidEvent",

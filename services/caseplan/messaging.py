@@ -8,7 +8,7 @@ from typing import Any
 
 from contracts import EVENT_TYPES, build_event, decode, parse_rfc3339
 from contracts.events import MEASURE_AGENCIES
-from kim.messaging import EventProducer, OutboxRelay, TrackedConsumer
+from kim.messaging import LARGE_POLLS, EventProducer, OutboxRelay, TrackedConsumer
 from kim.storage import Database
 from kim.topics import AGENCY_TOPICS, agency_topic, service_topic
 from services.caseplan.application import CasePlans
@@ -23,7 +23,7 @@ PUBLISHING_AGENCIES = tuple(sorted(MEASURE_AGENCIES))
 def timeline_consumer(db: Database, bootstrap: str, group: str) -> TrackedConsumer:
     return TrackedConsumer("caseplan", list(TOPICS), db, CaseplanStore.apply, bootstrap_servers=bootstrap,
                            decode=decode, event_key=lambda e: (e.source, e.id), group_id=group,
-                           max_records=20000)
+                           max_records=LARGE_POLLS)
 
 
 def envelope_for(agency: str):

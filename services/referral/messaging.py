@@ -13,7 +13,7 @@ import anyio
 import orjson
 
 from contracts import decode
-from kim.messaging import EventProducer, KafkaRecord, TrackedConsumer, event_headers
+from kim.messaging import LARGE_POLLS, EventProducer, KafkaRecord, TrackedConsumer, event_headers
 from kim.storage import Database
 from kim.topics import AGENCY_TOPICS, service_topic
 from services.referral.application import Referral
@@ -48,10 +48,9 @@ def agency_consumer(referral: Referral, bootstrap: str, group: str,
                     after_commit: Callable[[], None] | None = None) -> TrackedConsumer:
     # Only the types that change responsibility are decoded; the other services validate the rest.
     # No separate seen-set: the facts table is keyed by (source, id), so a repeat changes nothing.
-    # Large polls during a catch-up: fewer transactions, each touching a page of the facts once.
     return TrackedConsumer("referral", list(AGENCY_TOPICS), referral.db, referral.apply, bootstrap_servers=bootstrap,
                            decode=decode_fact, event_key=None, group_id=group, after_commit=after_commit,
-                           event_types=[f"de.kim.{name}.v1" for name in RELEVANT_EVENTS], max_records=20000)
+                           event_types=[f"de.kim.{name}.v1" for name in RELEVANT_EVENTS], max_records=LARGE_POLLS)
 
 
 async def publish_derived(db: Database, producer: EventProducer, stopping: asyncio.Event,
